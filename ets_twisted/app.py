@@ -1,0 +1,158 @@
+"""
+Assembly: one L{Config} in, the running pieces of ETS out.
+
+L{build_site} wires the Resource tree (used as is by in-memory tests);
+L{build_service} adds what owns sockets and pools, for C{twistd ets} and
+C{ets.tac}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attr
+from treq.client import HTTPClient
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from . import devmode, jose, tokens
+from .challenge import ChallengeVerifier
+from .config import Config
+from .stores import IStore
+from .stores.memory import MemoryStore
+from .nonces import NonceSource
+from .shutdown import Drain, GracefulShutdown
+from .web.admission import Admission
+from .web.api import ApiRoute
+from .web.health import HealthRoute, ReadyRoute
+from .web.issue import IssueRoute
+from .web.relay import Relay, quoted_secret
+from .web.root import ETSSite, Root
+from .web.static import StaticFile
+
+_SDK_CACHE = b"public, max-age=300"
+
+
+class PoolService(Service):
+    """
+    Owns the persistent connection pool of outgoing HTTP (upstream relay,
+    challenge verifier) and closes its connections on stop.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+def make_admission(config: Config, store: IStore, route_class: str, methods: tuple[str, ...]) -> Admission:
+    """The admission rules of one route class under C{config}."""
+    return Admission(
+        route_class=route_class,
+        methods=methods,
+        origins=frozenset(config.origin_allowlist),
+        trusted_proxies=config.trusted_proxies,
+        limiter=store.limiter,
+        rate_per_minute=config.rate_limit_per_minute,
+        burst=config.rate_limit_burst,
+    )
+
+
+def build_site(
+    config: Config,
+    reactor: Any,
+    store: IStore,
+    pool: HTTPConnectionPool,
+    clock: Any = None,
+) -> ETSSite:
+    """
+    The Resource tree and L{ETSSite} of C{config}; outgoing HTTP (relay and
+    challenge) goes through C{pool}. Time (token and proof checks, nonces,
+    upstream timeouts) comes from C{clock}, the reactor unless a test drives
+    it.
+    """
+    clock = reactor if clock is None else clock
+    drain = Drain()
+    agent = Agent(reactor, pool=pool)
+    challenge = None
+    if config.require_ets:
+        challenge = ChallengeVerifier(
+            http=HTTPClient(agent),
+            reactor=reactor,
+            secret=config.ets_secret_key,
+            verify_url=config.ets_verify_url,
+            expected_hostname=config.ets_expected_hostname,
+            expected_action=config.ets_expected_action,
+        )
+    key_cache = jose.KeyCache()
+    ring = tokens.KeyRing(config.jwt_keys)
+    issue = IssueRoute(
+        config=config,
+        admission=make_admission(config, store, "issue", ("POST",)),
+        ring=ring,
+        key_cache=key_cache,
+        store=store,
+        challenge=challenge,
+        now=clock.seconds,
+    )
+    routes = {
+        b"/health": HealthRoute(),
+        b"/ready": ReadyRoute(store, lambda: drain.draining),
+        b"/tvm/issue": issue,
+        b"/sdk/tvm.mjs": StaticFile.from_package("sdk", "tvm.mjs", cache_control=_SDK_CACHE, cors=True),
+        b"/sdk/tvm.d.ts": StaticFile.from_package("sdk", "tvm.d.ts", cache_control=_SDK_CACHE, cors=True),
+    }
+    api = ApiRoute(
+        config=config,
+        admission=make_admission(config, store, "api", config.allowed_methods),
+        ring=ring,
+        key_cache=key_cache,
+        store=store,
+        nonces=NonceSource(None, clock) if config.require_dpop_nonce else None,
+        relay=Relay(
+            agent=agent,
+            clock=clock,
+            base=config.upstream_base_url.encode("ascii"),
+            secret=quoted_secret(config.upstream_service_secret),
+            timeout=config.upstream_timeout_seconds,
+        ),
+        now=clock.seconds,
+    )
+    root = Root(routes=routes, api_path=config.api_path.encode("ascii"), api=api, drain=drain)
+    return ETSSite(
+        root,
+        api_body_cap=config.max_body_bytes,
+        cors_origins=frozenset(o.encode("latin-1") for o in config.origin_allowlist),
+        reactor=reactor,
+    )
+
+
+def build_service(config: Config, reactor: Any) -> MultiService:
+    """Everything C{twistd ets} runs for C{config}, as one service."""
+    top = MultiService()
+    if config.dev_mode:
+        dev = devmode.start_dev_upstream(config, reactor)
+        config = dev.config
+        _ListeningPort(dev.port).setServiceParent(top)
+    store = MemoryStore(reactor)
+    pool = PoolService(reactor)
+    pool.setServiceParent(top)
+    site = build_site(config, reactor, store, pool.pool)
+    listener = StreamServerEndpointService(serverFromString(reactor, config.listen_addr), site)
+    GracefulShutdown(reactor, site.resource.drain, listener, config.shutdown_grace_seconds).setServiceParent(top)
+    return top
+
+
+@attr.s(auto_attribs=True)
+class _ListeningPort(Service):
+    """Stops listening on a port opened before the services started."""
+
+    port: Any
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.port.stopListening()

@@ -1,0 +1,50 @@
+"""
+C{twistd ets}: options and service wiring (the plugin stub names this module).
+
+Every SPEC variable is also an option, and an option wins over the
+environment. Bad configuration prints one line per problem and exits 2,
+with no traceback and no secret.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from .config import VARIABLES, Config, ConfigError, load
+
+
+class Options(usage.Options):
+    """The options of C{twistd ets}: one per SPEC variable."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Ephemeral Token Service: mints DPoP-bound tokens and relays verified "
+        "calls to one upstream. Each option may also be given as the "
+        "environment variable of the same name (LISTEN_ADDR for --listen-addr); "
+        "the option wins. With no configuration at all, ETS starts in "
+        "development mode with a built-in echo upstream."
+    )
+    optParameters = [[v.option, None, None, v.help] for v in VARIABLES]
+
+    config: Config
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load(os.environ, {v.option: self[v.option] for v in VARIABLES})
+        except ConfigError as e:
+            for problem in e.problems:
+                sys.stderr.write(f"ets: configuration error: {problem}\n")
+            raise SystemExit(2)
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from .app import build_service
+
+    return build_service(options.config, reactor)

@@ -1,0 +1,1 @@
+"""The HTTP face of ETS: the Resource tree, admission, issuance and the relay."""

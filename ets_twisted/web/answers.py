@@ -1,0 +1,99 @@
+"""
+Writing answers: JSON bodies, SPEC errors and asynchronous rendering.
+
+One place turns an L{ETSError} into its status, JSON body and
+C{WWW-Authenticate}, so every route refuses the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ..errors import ETSError
+from ..stores import StoreUnavailable
+
+log = Logger()
+
+
+def write_json(request: Request, status: int, body: dict[str, Any]) -> bytes:
+    """
+    Set the status and JSON headers of C{request} and return the body to
+    write (C{render} returns it, or the caller writes it).
+    """
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"%d" % (len(data),))
+    return data
+
+
+def error_body(request: Request, error: ETSError, algs: str) -> bytes:
+    """
+    Prepare the answer for C{error}: status, headers (C{WWW-Authenticate} on
+    401s, C{Cache-Control: no-store}) and the JSON body to write.
+
+    @param algs: the C{algs} attribute of C{WWW-Authenticate}, e.g. C{ES256}.
+    """
+    for name, value in error.headers.items():
+        request.setHeader(name, value)
+    if error.status == 401:
+        challenge = f'DPoP algs="{algs}"'
+        if error.auth_error is not None:
+            challenge = f'DPoP error="{error.auth_error}", algs="{algs}"'
+        request.setHeader(b"www-authenticate", challenge.encode("ascii"))
+    # Error answers depend on credentials and time: no cache may keep them.
+    request.setHeader(b"cache-control", b"no-store")
+    body: dict[str, Any] = {"error": error.code}
+    if error.message:
+        body["message"] = error.message
+    return write_json(request, error.status, body)
+
+
+def finish(request: Request, data: bytes) -> None:
+    """Write C{data} and finish, unless the client has already gone."""
+    if request.finished or request._disconnected:
+        return
+    request.write(data)
+    request.finish()
+
+
+def render_async(
+    request: Request, work: Callable[[], Awaitable[bytes | None]], algs: str
+) -> object:
+    """
+    Run C{work} (a coroutine function answering with the body bytes to
+    write, or None when it wrote and finished the answer itself) and return
+    C{NOT_DONE_YET}. An L{ETSError} becomes its SPEC answer; a store outage
+    becomes C{503 store_unavailable}; anything unexpected is logged and
+    answered 500 without a traceback reaching the client. A client that goes
+    away cancels the work.
+    """
+    d = Deferred.fromCoroutine(work())
+
+    def answered(data: bytes | None) -> None:
+        if data is not None:
+            finish(request, data)
+
+    def refused(failure: Failure) -> None:
+        if failure.check(CancelledError) and request._disconnected:
+            return
+        if failure.check(ETSError):
+            finish(request, error_body(request, failure.value, algs))
+        elif failure.check(StoreUnavailable):
+            finish(request, error_body(request, ETSError("store_unavailable"), algs))
+        else:
+            log.failure("Unexpected failure answering a request", failure)
+            if not request.startedWriting:
+                finish(request, write_json(request, 500, {"error": "internal_error"}))
+            elif not request.finished:
+                request.loseConnection()
+
+    d.addCallbacks(answered, refused)
+    request.notifyFinish().addErrback(lambda _: d.cancel())
+    return NOT_DONE_YET

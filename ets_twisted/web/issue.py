@@ -1,0 +1,132 @@
+"""
+C{POST /tvm/issue}: mint an access token bound to the caller's public key.
+
+The order (after admission) is cheap local checks first, then the paid and
+single-use ones: JSON body -> key (from C{dpopPublicJwk}, or from a verified
+DPoP proof, thumbprints equal when both are sent) -> bot challenge -> the
+proof's C{jti} recorded -> mint. A challenge token is spent only once the key
+is known to be good, and a proof is burnt only once everything else passed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import attr
+from twisted.web.server import Request
+
+from .. import dpop, jose, tokens
+from ..challenge import ChallengeVerifier
+from ..config import Config
+from ..errors import ETSError
+from ..stores import IStore
+from .admission import Admission, client_ip, is_preflight, public_url
+from .answers import error_body, render_async, write_json
+
+#: SPEC: the issuance body is at most 8 KiB.
+MAX_ISSUE_BODY = 8192
+
+
+def read_json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object. @raise ETSError: C{invalid_json}."""
+    try:
+        body = json.loads(request.content.read(MAX_ISSUE_BODY + 1))
+    except ValueError:
+        raise ETSError("invalid_json", "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ETSError("invalid_json", "the body is not a JSON object")
+    return body
+
+
+def single_proof(request: Request) -> str | None:
+    """
+    The one C{DPoP} header of a request, None when there is none.
+
+    @raise ETSError: C{missing_dpop} when it is repeated or folded with commas.
+    """
+    values = request.requestHeaders.getRawHeaders(b"dpop")
+    if values is None:
+        return None
+    if len(values) != 1 or b"," in values[0]:
+        raise ETSError("missing_dpop", "exactly one DPoP header is required")
+    return values[0].decode("latin-1")
+
+
+def key_from_jwk(jwk: object, cache: jose.KeyCache, algs: tuple[str, ...]) -> jose.PublicKey:
+    """Parse C{dpopPublicJwk}, mapping JWK problems to SPEC's 400 codes."""
+    try:
+        return cache.get(jwk, algs)
+    except jose.JWKError as e:
+        raise ETSError("unsupported_jwk" if e.unsupported else "invalid_jwk", str(e)) from None
+
+
+@attr.s(auto_attribs=True)
+class IssueRoute:
+    """The C{/tvm/issue} route."""
+
+    config: Config
+    admission: Admission
+    ring: tokens.KeyRing
+    key_cache: jose.KeyCache
+    store: IStore
+    challenge: ChallengeVerifier | None
+    now: Callable[[], float]
+
+    def render(self, request: Request) -> object:
+        return render_async(request, lambda: self._issue(request), ",".join(self.config.dpop_algs))
+
+    async def _issue(self, request: Request) -> bytes:
+        config = self.config
+        origin = self.admission.origin(request)
+        if is_preflight(request):
+            return self.admission.preflight(request)
+        self.admission.method(request)
+        await self.admission.rate(request, origin)
+        body = read_json_object(request)
+        now = self.now()
+
+        jkt = None
+        if "dpopPublicJwk" in body:
+            jkt = key_from_jwk(body["dpopPublicJwk"], self.key_cache, config.dpop_algs).thumbprint
+        proof_text = single_proof(request)
+        proof = None
+        if proof_text is not None:
+            proof = dpop.verify_proof(
+                proof_text,
+                method="POST",
+                url=public_url(request, config.public_base_url, config.trusted_proxies),
+                now=now,
+                algs=config.dpop_algs,
+                max_age=config.dpop_max_age_seconds,
+                skew=config.dpop_clock_skew_seconds,
+                key_cache=self.key_cache,
+                expected_jkt=jkt,
+            )
+            jkt = proof.jkt
+        if jkt is None:
+            raise ETSError("invalid_jwk", "send dpopPublicJwk or a DPoP proof header")
+
+        if self.challenge is not None:
+            await self.challenge.verify(
+                body.get("etsToken"), client_ip(request, config.trusted_proxies)
+            )
+        if proof is not None:
+            ttl = dpop.replay_ttl(
+                proof.iat, now, config.dpop_max_age_seconds, config.dpop_clock_skew_seconds
+            )
+            if not await self.store.replay.insert(dpop.replay_key(proof.jkt, proof.jti), ttl):
+                raise ETSError("replay")
+
+        token, _ = tokens.mint(
+            self.ring, jkt=jkt, issuer=config.token_issuer,
+            lifetime=config.token_lifetime_seconds, now=now,
+        )
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"pragma", b"no-cache")
+        return write_json(request, 200, {
+            "accessToken": token,
+            "expiresIn": config.token_lifetime_seconds,
+            "tokenType": "DPoP",
+            "serverTime": int(now),
+        })

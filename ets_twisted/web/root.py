@@ -1,0 +1,162 @@
+"""
+The Resource tree and the request class that enforces body caps.
+
+Routing is a plain lookup on the path: the few fixed routes, the configured
+C{API_PATH} prefix, and a JSON 404 for everything else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Protocol
+
+import attr
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from ..shutdown import Drain
+from .answers import write_json
+from .issue import MAX_ISSUE_BODY
+
+
+class Route(Protocol):
+    def render(self, request: Request) -> object: ...
+
+
+@attr.s(auto_attribs=True)
+class Root(Resource):
+    """
+    The whole tree: C{routes} maps exact paths to routes; C{api} (when set)
+    serves C{api_path} and everything below it.
+    """
+
+    routes: dict[bytes, Route]
+    api_path: bytes = b"/api"
+    api: Route | None = None
+    prefixes: dict[bytes, Route] = attr.Factory(dict)
+    drain: Drain = attr.Factory(Drain)
+
+    isLeaf = True
+
+    def __attrs_post_init__(self) -> None:
+        Resource.__init__(self)
+
+    def route_for(self, path: bytes) -> Route | None:
+        """The route serving C{path}, or None."""
+        route = self.routes.get(path)
+        if route is not None:
+            return route
+        if self.api is not None and (
+            path == self.api_path or path.startswith(self.api_path + b"/")
+        ):
+            return self.api
+        for prefix, route in self.prefixes.items():
+            if path.startswith(prefix):
+                return route
+        return None
+
+    def render(self, request: Request) -> object:
+        self.drain.track(request)
+        route = self.route_for(request.path)
+        if route is None:
+            return write_json(request, 404, {"error": "not_found"})
+        return route.render(request)
+
+
+class CappedRequest(Request):
+    """
+    A request that refuses an oversized body while it arrives.
+
+    twisted.web reads the whole body before C{render}; waiting for it would
+    let a client make us spool gigabytes. The cap of the route is known from
+    the request line, so a declared C{Content-Length} over it, or a chunked
+    body that passes it, is answered C{413 body_too_large} at once and the
+    connection closed without reading the rest.
+    """
+
+    _refused = False
+    _received = 0
+    _cap = 0
+
+    def gotLength(self, length: int | None) -> None:
+        site: ETSSite = self.channel.site
+        path = self.channel._path.split(b"?", 1)[0]
+        self._cap = site.body_cap(path)
+        if length is not None and length > self._cap:
+            self._refuse(path)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._cap:
+            self._refuse(self.channel._path.split(b"?", 1)[0])
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self, path: bytes) -> None:
+        self._refused = True
+        site: ETSSite = self.channel.site
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"Cache-Control", b"no-store"),
+            (b"Connection", b"close"),
+        ]
+        origin = self.requestHeaders.getRawHeaders(b"origin", [None])[-1]
+        if origin is not None and site.cors_origin(path, origin):
+            headers += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
+        body = json.dumps({"error": "body_too_large", "limit": self._cap}).encode()
+        head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+        # The Request machinery has not started (no request line is parsed
+        # into it yet), so the answer is written straight to the transport.
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (head, len(body), body)
+        )
+        site.on_refused_body(path)
+        self.channel.transport.loseConnection()
+
+
+class ETSSite(Site):
+    """
+    A L{Site} that knows each route's body cap and which origins get CORS
+    headers on an early 413.
+    """
+
+    requestFactory = CappedRequest
+
+    def __init__(
+        self,
+        root: Root,
+        *,
+        api_body_cap: int,
+        cors_origins: frozenset[bytes],
+        on_refused_body: Callable[[bytes], None] = lambda path: None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(root, **kwargs)
+        self._root = root
+        self._api_body_cap = api_body_cap
+        self._cors_origins = cors_origins
+        self.on_refused_body = on_refused_body
+
+    def body_cap(self, path: bytes) -> int:
+        """The largest body accepted for C{path}."""
+        return self._api_body_cap if self._is_api(path) else MAX_ISSUE_BODY
+
+    def _is_api(self, path: bytes) -> bool:
+        return self._root.api is not None and self._root.route_for(path) is self._root.api
+
+    def cors_origin(self, path: bytes, origin: bytes) -> bool:
+        """Whether an early answer for C{path} may carry CORS headers for C{origin}."""
+        return origin in self._cors_origins and (
+            path == b"/tvm/issue" or self._is_api(path)
+        )
+
+    def log(self, request: Request) -> None:
+        """
+        Twisted's default access line holds the whole URI, and a query can
+        carry secrets; ETS writes its own access log instead (see observe).
+        """

@@ -1,0 +1,72 @@
+"""
+The browser SDK, served from package data.
+
+The bytes are read once at start; C{ETag} is their hash, so a browser
+revalidates cheaply. The content type is explicit: C{static.File} would guess
+it from the host's MIME table, and a module served as anything but
+JavaScript is refused by browsers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+import attr
+from twisted.web.server import Request
+
+from .answers import write_json
+
+_TYPES = {
+    ".mjs": b"text/javascript; charset=utf-8",
+    ".ts": b"application/typescript; charset=utf-8",
+    ".html": b"text/html; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+}
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class StaticFile:
+    """One file of package data, with its validator."""
+
+    body: bytes
+    content_type: bytes
+    etag: bytes
+    cache_control: bytes
+    cors: bool
+
+    @classmethod
+    def from_package(cls, *parts: str, cache_control: bytes, cors: bool) -> StaticFile:
+        """Load C{ets_twisted/<parts...>} from the installed package."""
+        body = resources.files("ets_twisted").joinpath(*parts).read_bytes()
+        suffix = "." + parts[-1].rsplit(".", 1)[-1]
+        etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode("ascii") + b'"'
+        return cls(body, _TYPES.get(suffix, b"application/octet-stream"), etag, cache_control, cors)
+
+    def render(self, request: Request) -> bytes:
+        if self.cors:
+            # A cross-origin `import` of a module needs this.
+            request.setHeader(b"access-control-allow-origin", b"*")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return write_json(request, 405, {"error": "method_not_allowed"})
+        request.setHeader(b"etag", self.etag)
+        request.setHeader(b"cache-control", self.cache_control)
+        request.setHeader(b"content-type", self.content_type)
+        if _matches(request, self.etag):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"content-length", b"%d" % (len(self.body),))
+        return self.body
+
+
+def _matches(request: Request, etag: bytes) -> bool:
+    """Whether C{If-None-Match} names C{etag} (weakly or strongly) or C{*}."""
+    for value in request.requestHeaders.getRawHeaders(b"if-none-match", []):
+        for tag in value.split(b","):
+            tag = tag.strip()
+            # A weak validator names the same bytes here: we never transform them.
+            if tag == b"*" or tag.removeprefix(b"W/") == etag:
+                return True
+    return False
