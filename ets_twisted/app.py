@@ -30,7 +30,7 @@ from .web.health import HealthRoute, ReadyRoute
 from .web.issue import IssueRoute
 from .web.relay import Relay, quoted_secret
 from .web.root import ETSSite, Root
-from .web.static import StaticFile
+from .web.static import StaticDirectory, StaticFile
 
 _SDK_CACHE = b"public, max-age=300"
 
@@ -123,12 +123,21 @@ def build_site(
         now=clock.seconds,
     )
     root = Root(routes=routes, api_path=config.api_path.encode("ascii"), api=api, drain=drain)
+    if config.dev_mode:
+        # The demo page exists only in development mode: production serves
+        # nothing a deployment did not ask for.
+        root.prefixes[b"/demo/"] = StaticDirectory.from_package("demo", b"/demo/", b"no-cache")
     return ETSSite(
         root,
         api_body_cap=config.max_body_bytes,
         cors_origins=frozenset(o.encode("latin-1") for o in config.origin_allowlist),
         reactor=reactor,
     )
+
+
+def make_store(config: Config, reactor: Any) -> IStore:
+    """The store C{STORE_URL} names."""
+    return MemoryStore(reactor)
 
 
 def build_service(config: Config, reactor: Any) -> MultiService:
@@ -138,7 +147,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         dev = devmode.start_dev_upstream(config, reactor)
         config = dev.config
         _ListeningPort(dev.port).setServiceParent(top)
-    store = MemoryStore(reactor)
+    store = make_store(config, reactor)
     pool = PoolService(reactor)
     pool.setServiceParent(top)
     site = build_site(config, reactor, store, pool.pool)

@@ -70,3 +70,31 @@ def _matches(request: Request, etag: bytes) -> bool:
             if tag == b"*" or tag.removeprefix(b"W/") == etag:
                 return True
     return False
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class StaticDirectory:
+    """
+    Every file of one package-data folder, loaded at start and served
+    below C{prefix}; the folder's C{index.html} answers the prefix itself.
+    """
+
+    prefix: bytes
+    files: dict[bytes, StaticFile]
+
+    @classmethod
+    def from_package(cls, folder: str, prefix: bytes, cache_control: bytes) -> StaticDirectory:
+        files = {}
+        for entry in resources.files("ets_twisted").joinpath(folder).iterdir():
+            if entry.is_file() and not entry.name.startswith("."):
+                files[entry.name.encode("utf-8")] = StaticFile.from_package(
+                    folder, entry.name, cache_control=cache_control, cors=False
+                )
+        return cls(prefix, files)
+
+    def render(self, request: Request) -> bytes:
+        name = request.path[len(self.prefix):] or b"index.html"
+        page = self.files.get(name)
+        if page is None:
+            return write_json(request, 404, {"error": "not_found"})
+        return page.render(request)
