@@ -8,6 +8,8 @@ C{ets.tac}.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import attr
@@ -62,6 +64,15 @@ def make_admission(config: Config, store: IStore, route_class: str, methods: tup
     )
 
 
+def nonce_secret(config: Config) -> bytes:
+    """
+    The DPoP nonce secret, derived from the signing key: every process and
+    replica that shares C{TVM_JWT_HS256_KEY} accepts the others' nonces,
+    with no extra setting, and the key itself never signs a nonce.
+    """
+    return hmac.new(config.jwt_keys[0], b"ets dpop-nonce secret", hashlib.sha256).digest()
+
+
 def build_site(
     config: Config,
     reactor: Any,
@@ -112,7 +123,7 @@ def build_site(
         ring=ring,
         key_cache=key_cache,
         store=store,
-        nonces=NonceSource(None, clock) if config.require_dpop_nonce else None,
+        nonces=NonceSource(nonce_secret(config), clock) if config.require_dpop_nonce else None,
         relay=Relay(
             agent=agent,
             clock=clock,

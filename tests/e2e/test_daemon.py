@@ -4,16 +4,18 @@ End to end: the installed C{twistd ets} as a real process on a real socket.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import jwt
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e.daemon import SIGNING_KEY, TWISTD, UPSTREAM_SECRET, Daemon, clean_env, free_port, run_twistd
-from tests.support.proofs import ProofSigner, thumbprint
+from tests.support.proofs import ProofSigner, ath_of, thumbprint
 
 ORIGIN = "https://app.example"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,17 +137,28 @@ class TacTests(SynchronousTestCase):
 class DevelopmentModeTests(SynchronousTestCase):
     def test_no_configuration_is_a_working_demo(self) -> None:
         """
-        With no configuration the daemon says it is in development mode and
-        mints tokens for its own origin.
+        With no configuration the daemon says it is in development mode,
+        mints tokens for its own origin, and relays an SDK-style call (token
+        and proof) to its built-in echo upstream.
         """
         daemon = Daemon({}).start()
         self.addCleanup(daemon.stop)
         origin = f"http://127.0.0.1:{daemon.port}"
-        status, _, body = daemon.json(
-            "POST", "/tvm/issue", {"dpopPublicJwk": ProofSigner().public_jwk}, {"Origin": origin}
-        )
+        signer = ProofSigner()
+        status, _, body = daemon.json("POST", "/tvm/issue", {"dpopPublicJwk": signer.public_jwk}, {"Origin": origin})
         self.assertEqual(status, 200, body)
+        token = body["accessToken"]
+        proof = signer.sign("POST", daemon.base + "/api/echo", iat=time.time(), ath=ath_of(token))
+        status, _, echo = daemon.json("POST", "/api/echo?x=1", {"hello": "ets"}, {
+            "Origin": origin, "Authorization": f"DPoP {token}", "DPoP": proof})
+        self.assertEqual(status, 200, echo)
+        self.assertEqual((echo["method"], echo["path"], echo["query"]), ("POST", "/api/echo", "x=1"))
+        self.assertEqual(json.loads(echo["body"]), {"hello": "ets"})
+        self.assertNotIn("authorization", echo["headers"])
         self.assertIn("DEVELOPMENT MODE", daemon.read_output())
+        status, headers, page = daemon.request("GET", "/demo/")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["content-type"].startswith("text/html"))
 
 
 class BadConfigurationTests(SynchronousTestCase):
