@@ -10,13 +10,16 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Protocol
+from twisted.internet import ssl
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from ets_twisted import tokens
 from tests.support.proofs import OMIT, ProofSigner, ath_of
+from tests.support.tls import self_signed
 from tests.support.upstream import Upstream
+from twisted.web.server import Site
 from tests.support.web import KEY, ORIGIN, SiteHarness, wait_until
 
 
@@ -329,6 +332,64 @@ class UpstreamFaultTests(ApiCase):
         yield self.upstream.port.stopListening()
         answer = yield self.call()
         self.assertEqual((answer.status, answer.code), (502, "upstream_error"))
+
+
+class _Misbehaving(Protocol):
+    """An 'upstream' that answers garbage, or resets the connection."""
+
+    def dataReceived(self, data):
+        if self.factory.mode == "garbage":
+            self.transport.write(b"this is not HTTP\r\n\r\n")
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
+
+
+class MisbehavingUpstreamTests(TestCase):
+    @inlineCallbacks
+    def start(self, mode):
+        factory = Factory.forProtocol(_Misbehaving)
+        factory.mode = mode
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        ets = SiteHarness(self, UPSTREAM_BASE_URL=f"http://127.0.0.1:{port.getHost().port}")
+        signer = ProofSigner()
+        token = (yield ets.issue({"dpopPublicJwk": signer.public_jwk})).json()["accessToken"]
+        proof = signer.sign("GET", ets.base + "/api/x", iat=time.time(), ath=ath_of(token))
+        answer = yield ets.request("GET", "/api/x", headers={
+            "Origin": ORIGIN, "Authorization": f"DPoP {token}", "DPoP": proof})
+        return answer
+
+    @inlineCallbacks
+    def test_garbage(self):
+        """An upstream answering something that is not HTTP: 502 upstream_error."""
+        answer = yield self.start("garbage")
+        self.assertEqual((answer.status, answer.code), (502, "upstream_error"))
+
+    @inlineCallbacks
+    def test_reset(self):
+        """An upstream that resets the connection: 502 upstream_error."""
+        answer = yield self.start("reset")
+        self.assertEqual((answer.status, answer.code), (502, "upstream_error"))
+
+    @inlineCallbacks
+    def test_untrusted_https_upstream(self):
+        """
+        An HTTPS upstream whose certificate is not trusted is refused (the
+        certificate is verified): 502 upstream_error.
+        """
+        cert = ssl.PrivateCertificate.loadPEM(self_signed("localhost"))
+        site = Upstream(reactor)
+        port = reactor.listenSSL(0, Site(site), cert.options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        ets = SiteHarness(self, UPSTREAM_BASE_URL=f"https://localhost:{port.getHost().port}")
+        signer = ProofSigner()
+        token = (yield ets.issue({"dpopPublicJwk": signer.public_jwk})).json()["accessToken"]
+        proof = signer.sign("GET", ets.base + "/api/x", iat=time.time(), ath=ath_of(token))
+        answer = yield ets.request("GET", "/api/x", headers={
+            "Origin": ORIGIN, "Authorization": f"DPoP {token}", "DPoP": proof})
+        self.assertEqual((answer.status, answer.code), (502, "upstream_error"))
+        self.assertEqual(site.received, [])
 
 
 class _Chunks(Protocol):

@@ -63,7 +63,8 @@ class Daemon:
     Its whole output is kept in L{output} after it stops.
     """
 
-    def __init__(self, env: Mapping[str, str], port: int | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], port: int | None = None, twistd: str = TWISTD) -> None:
+        self.twistd = twistd
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = clean_env({"LISTEN_ADDR": f"127.0.0.1:{self.port}", **env})
@@ -75,7 +76,7 @@ class Daemon:
     def start(self, timeout: float = 20) -> Daemon:
         """Start the process and wait until C{/health} answers."""
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "ets"],
+            [self.twistd, "-n", "--pidfile=", "ets"],
             env=self.env, cwd=self._cwd.name, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
