@@ -6,7 +6,6 @@ WWW-Authenticate.
 
 from __future__ import annotations
 
-import json
 import time
 
 import jwt

@@ -21,7 +21,7 @@ from ..config import Config
 from ..errors import ETSError
 from ..nonces import NonceSource
 from ..stores import IStore
-from .admission import Admission, client_ip, header, is_preflight, is_trusted_peer, peer_ip, public_url
+from .admission import Admission, header, is_preflight, is_trusted_peer, peer_ip, public_url
 from .answers import render_async, write_json
 from .issue import single_proof
 from .relay import Forwarding, Relay, new_request_id

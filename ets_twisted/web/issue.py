@@ -22,7 +22,7 @@ from ..config import Config
 from ..errors import ETSError
 from ..stores import IStore
 from .admission import Admission, client_ip, is_preflight, public_url
-from .answers import error_body, render_async, write_json
+from .answers import render_async, write_json
 
 #: SPEC: the issuance body is at most 8 KiB.
 MAX_ISSUE_BODY = 8192

@@ -16,12 +16,11 @@ reading from the upstream (back-pressure) instead of filling memory.
 from __future__ import annotations
 
 import uuid
-from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import attr
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -70,8 +69,6 @@ def upstream_url(base: bytes, path: bytes, query: bytes, secret: bytes | None) -
 
 
 def _param_name(pair: bytes) -> bytes:
-    from urllib.parse import unquote_to_bytes
-
     return unquote_to_bytes(pair.split(b"=", 1)[0].replace(b"+", b" "))
 
 
