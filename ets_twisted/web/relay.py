@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from twisted.web.server import Request
 
+from .. import observe
 from ..errors import ETSError
 
 # RFC 9110 section 7.6.1 hop-by-hop headers, plus what ETS itself owns or
@@ -116,7 +117,12 @@ def copy_response_headers(response: IResponse, request: Request) -> None:
         if lower in drop or lower.startswith(b"access-control-"):
             continue
         request.responseHeaders.setRawHeaders(name, values)
-    if response.length is not None and isinstance(response.length, int):
+    if request.method == b"HEAD":
+        # No body follows: the upstream's declared length is the answer's.
+        length = response.headers.getRawHeaders(b"content-length")
+        if length:
+            request.setHeader(b"content-length", length[0])
+    elif isinstance(response.length, int) and response.code not in (204, 304):
         request.setHeader(b"content-length", b"%d" % (response.length,))
 
 
@@ -204,6 +210,11 @@ class Relay:
         if content is not None and content.seek(0, 2) > 0:
             content.seek(0)
             producer = FileBodyProducer(content)
+        metrics = observe.metrics_of(request)
+        # In flight until the client's answer is complete or cut.
+        metrics.relays_in_flight.inc()
+        request.notifyFinish().addBoth(lambda _: metrics.relays_in_flight.dec())
+        started = self.clock.seconds()
         sent = self.agent.request(request.method, url, headers, producer)
         timed_out = []
 
@@ -222,6 +233,7 @@ class Relay:
             if timer.active():
                 timer.cancel()
 
+        metrics.upstream_latency.observe(self.clock.seconds() - started)
         copy_response_headers(response, request)
         # Send the headers now: a browser's fetch() resolves on them, and an
         # event stream may not write its first event for a while.
