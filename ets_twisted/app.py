@@ -19,9 +19,10 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from . import devmode, jose, tokens
+from . import devmode, jose, observe, tokens
 from .challenge import ChallengeVerifier
 from .config import Config
+from .metrics import metrics_service
 from .stores import IStore
 from .stores.memory import MemoryStore
 from .nonces import NonceSource
@@ -143,6 +144,7 @@ def build_site(
         api_body_cap=config.max_body_bytes,
         cors_origins=frozenset(o.encode("latin-1") for o in config.origin_allowlist),
         reactor=reactor,
+        observer=observe.site_observer(config.trusted_proxies, store, reactor),
     )
 
 
@@ -164,6 +166,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     site = build_site(config, reactor, store, pool.pool)
     listener = StreamServerEndpointService(serverFromString(reactor, config.listen_addr), site)
     GracefulShutdown(reactor, site.resource.drain, listener, config.shutdown_grace_seconds).setServiceParent(top)
+    scrape = metrics_service(config.metrics_listen_addr, reactor, site.observer.metrics)
+    if scrape is not None:
+        scrape.setServiceParent(top)
     return top
 
 

@@ -10,10 +10,12 @@ clean exit instead.
 from __future__ import annotations
 
 import signal
+import weakref
 from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -31,10 +33,13 @@ class Drain:
         self.active = 0
         self.draining = False
         self._waiters: list[Deferred[None]] = []
+        # The connections that carried a request, closed after the drain.
+        self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def track(self, request: Request) -> None:
         """Count C{request} until it is finished or its client goes away."""
         self.active += 1
+        self._channels.add(request.channel)
         request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, _: object) -> None:
@@ -52,6 +57,26 @@ class Drain:
         self._waiters.append(d)
         return d.addTimeout(grace, clock, onTimeoutCancel=lambda *_: None)
 
+    async def close_connections(self, clock: Any, bound: float) -> None:
+        """
+        Close every open connection once its pending output is written, and
+        wait up to C{bound} seconds for them to go. The reactor's own
+        shutdown drops connections without writing what is buffered: the end
+        of an answer that just finished would be lost.
+        """
+        open_ = [c for c in self._channels if _is_open(c)]
+        for channel in open_:
+            channel.transport.loseConnection()
+        waited = 0.0
+        while waited < bound and any(_is_open(c) for c in open_):
+            await deferLater(clock, 0.02, lambda: None)
+            waited += 0.02
+
+
+def _is_open(channel: Any) -> bool:
+    transport = getattr(channel, "transport", None)
+    return transport is not None and not getattr(transport, "disconnected", True)
+
 
 class GracefulShutdown(Service):
     """
@@ -67,6 +92,7 @@ class GracefulShutdown(Service):
         self._drain = drain
         self._listener = listener
         self._grace = grace
+        self._stopping: Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -79,9 +105,18 @@ class GracefulShutdown(Service):
         return self._stop_listening()
 
     def _stop_listening(self) -> Deferred[None]:
-        if not self._listener.running:
-            return succeed(None)
-        return maybeDeferred(self._listener.stopService)
+        # Called twice on SIGTERM (the drain trigger and twistd's own
+        # stopService, both "before shutdown"): the listener is stopped once,
+        # and both wait for it. Stopping it a second time while the first
+        # stop is under way fails, which used to end the drain at once.
+        if self._stopping is None:
+            self._stopping = (
+                maybeDeferred(self._listener.stopService) if self._listener.running else succeed(None)
+            )
+            self._stopping.addErrback(lambda f: log.failure("Stopping the listener failed", f))
+        stopped: Deferred[None] = Deferred()
+        self._stopping.addBoth(lambda _: stopped.callback(None))
+        return stopped
 
     def _install(self) -> None:
         # After the reactor's own handlers, which it installs while starting.
@@ -93,4 +128,7 @@ class GracefulShutdown(Service):
 
     def _before_shutdown(self) -> Deferred[None]:
         self._drain.draining = True
-        return self._stop_listening().addCallback(lambda _: self._drain.idle(self._reactor, self._grace))
+        d = self._stop_listening()
+        d.addCallback(lambda _: self._drain.idle(self._reactor, self._grace))
+        d.addCallback(lambda _: Deferred.fromCoroutine(self._drain.close_connections(self._reactor, 1.0)))
+        return d

@@ -39,6 +39,11 @@ class Options(usage.Options):
             for problem in e.problems:
                 sys.stderr.write(f"ets: configuration error: {problem}\n")
             raise SystemExit(2)
+        if self.config.log_format == "json":
+            from .observe import use_json_logs
+
+            # twistd makes its log observer after parsing: set its --logger.
+            use_json_logs(getattr(self, "parent", None))
 
 
 def makeService(options: Options) -> IService:

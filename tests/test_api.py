@@ -270,6 +270,9 @@ class NonceTests(ApiCase):
         Without a nonce: 401 use_dpop_nonce carrying DPoP-Nonce and no-store;
         with it: relayed; two steps later it is stale again.
         """
+        # Start on a step boundary: the clock began at the wall time, and a
+        # nonce minted late in its step would otherwise be stale after 61 s.
+        self.clock.advance(60 - self.clock.seconds() % 60)
         answer = yield self.assertRefused(self.call(), 401, "use_dpop_nonce", "use_dpop_nonce")
         nonce = answer.header("dpop-nonce")
         self.assertTrue(nonce)

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
+from .. import observe
 from ..errors import ETSError
 from ..stores import StoreUnavailable
 
@@ -24,13 +25,25 @@ log = Logger()
 def write_json(request: Request, status: int, body: dict[str, Any]) -> bytes:
     """
     Set the status and JSON headers of C{request} and return the body to
-    write (C{render} returns it, or the caller writes it).
+    write (C{render} returns it, or the caller writes it). An C{error}
+    member is counted and logged as the answer's error code.
     """
+    if "error" in body:
+        observe.note_error(request, str(body["error"]))
     data = json.dumps(body, separators=(",", ":")).encode("utf-8")
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"content-length", b"%d" % (len(data),))
-    return data
+    return body_for(request, data)
+
+
+def body_for(request: Request, data: bytes) -> bytes:
+    """
+    C{data}, or nothing for a HEAD request: its headers describe the body
+    it does not get (twisted.web would otherwise warn, printing the whole
+    resource tree into the log).
+    """
+    return b"" if request.method == b"HEAD" else data
 
 
 def error_body(request: Request, error: ETSError, algs: str) -> bytes:
@@ -86,6 +99,7 @@ def render_async(
         if failure.check(ETSError):
             finish(request, error_body(request, failure.value, algs))
         elif failure.check(StoreUnavailable):
+            observe.metrics_of(request).store_errors.inc()
             finish(request, error_body(request, ETSError("store_unavailable"), algs))
         else:
             log.failure("Unexpected failure answering a request", failure)

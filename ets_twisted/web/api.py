@@ -16,7 +16,7 @@ from typing import Callable
 import attr
 from twisted.web.server import Request
 
-from .. import dpop, jose, tokens
+from .. import dpop, jose, observe, tokens
 from ..config import Config
 from ..errors import ETSError
 from ..nonces import NonceSource
@@ -24,7 +24,7 @@ from ..stores import IStore
 from .admission import Admission, header, is_preflight, is_trusted_peer, peer_ip, public_url
 from .answers import render_async, write_json
 from .issue import single_proof
-from .relay import Forwarding, Relay, new_request_id
+from .relay import Forwarding, Relay
 
 _AUTHORIZATION = re.compile(r"^(DPoP|Bearer) +([A-Za-z0-9\-._~+/]+=*)$", re.IGNORECASE)
 # "." and ".." segments, also percent-encoded: a browser resolves them before
@@ -83,6 +83,7 @@ class ApiRoute:
             self.ring, token, issuer=config.token_issuer, now=now,
             leeway=config.dpop_clock_skew_seconds,
         )
+        observe.note_thumbprint(request, access.jkt)
         proof_text = single_proof(request)
         if proof_text is None:
             raise ETSError("missing_dpop")
@@ -119,9 +120,8 @@ class ApiRoute:
         incoming = header(request, b"x-forwarded-for")
         if trusted and incoming:
             chain = f"{incoming}, {chain}"
-        request_id = header(request, b"x-request-id") if trusted else None
-        if not request_id or len(request_id) > 128 or not request_id.isprintable():
-            request_id = new_request_id().decode("ascii")
+        # The id of the access line (a trusted proxy's, else a fresh one).
+        request_id = observe.request_id(request, config.trusted_proxies)
         url = public_url(request, config.public_base_url, config.trusted_proxies)
         proto, _, rest = url.partition("://")
         host = rest.split("/", 1)[0]

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import attr
 from twisted.web.server import Request
 
-from .. import dpop, jose, tokens
+from .. import dpop, jose, observe, tokens
 from ..challenge import ChallengeVerifier
 from ..config import Config
 from ..errors import ETSError
@@ -106,11 +106,18 @@ class IssueRoute:
             jkt = proof.jkt
         if jkt is None:
             raise ETSError("invalid_jwk", "send dpopPublicJwk or a DPoP proof header")
+        observe.note_thumbprint(request, jkt)
+        metrics = observe.metrics_of(request)
 
         if self.challenge is not None:
-            await self.challenge.verify(
-                body.get("etsToken"), client_ip(request, config.trusted_proxies)
-            )
+            try:
+                await self.challenge.verify(
+                    body.get("etsToken"), client_ip(request, config.trusted_proxies)
+                )
+            except ETSError as e:
+                metrics.count_challenge(e.code)
+                raise
+            metrics.count_challenge(None)
         if proof is not None:
             ttl = dpop.replay_ttl(
                 proof.iat, now, config.dpop_max_age_seconds, config.dpop_clock_skew_seconds
@@ -122,6 +129,7 @@ class IssueRoute:
             self.ring, jkt=jkt, issuer=config.token_issuer,
             lifetime=config.token_lifetime_seconds, now=now,
         )
+        metrics.tokens_issued.inc()
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"pragma", b"no-cache")
         return write_json(request, 200, {

@@ -192,7 +192,7 @@ class Relay:
     agent: IAgent
     clock: IReactorTime
     base: bytes
-    secret: bytes | None
+    secret: bytes | None = attr.ib(repr=False)
     timeout: float
 
     async def relay(self, request: Request, forwarding: Forwarding) -> None:

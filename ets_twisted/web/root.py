@@ -14,6 +14,8 @@ import attr
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from ..metrics import Metrics
+from ..observe import Observer
 from ..shutdown import Drain
 from .answers import write_json
 from .issue import MAX_ISSUE_BODY
@@ -23,7 +25,7 @@ class Route(Protocol):
     def render(self, request: Request) -> object: ...
 
 
-@attr.s(auto_attribs=True)
+@attr.s(auto_attribs=True, repr=False)
 class Root(Resource):
     """
     The whole tree: C{routes} maps exact paths to routes; C{api} (when set)
@@ -37,6 +39,11 @@ class Root(Resource):
     drain: Drain = attr.Factory(Drain)
 
     isLeaf = True
+
+    def __repr__(self) -> str:
+        # twisted.web prints resources in some warnings; the routes hold
+        # configuration that has no place in a log.
+        return "<ETS Root>"
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
@@ -108,6 +115,8 @@ class CappedRequest(Request):
         if origin is not None and site.cors_origin(path, origin):
             headers += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
         body = json.dumps({"error": "body_too_large", "limit": self._cap}).encode()
+        request_id = site.observer.refused_early(self, path, site.route_label(path))
+        headers.append((b"X-Request-Id", request_id.encode("ascii")))
         head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
         # The Request machinery has not started (no request line is parsed
         # into it yet), so the answer is written straight to the transport.
@@ -134,6 +143,7 @@ class ETSSite(Site):
         api_body_cap: int,
         cors_origins: frozenset[bytes],
         on_refused_body: Callable[[bytes], None] = lambda path: None,
+        observer: Observer | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(root, **kwargs)
@@ -141,6 +151,29 @@ class ETSSite(Site):
         self._api_body_cap = api_body_cap
         self._cors_origins = cors_origins
         self.on_refused_body = on_refused_body
+        self.observer = observer if observer is not None else Observer(Metrics(), self.reactor)
+
+    def getResourceFor(self, request: Request) -> Resource:
+        # Every processed request passes here first: it gets its id, and its
+        # access line and metrics once it is over (see observe).
+        self.observer.begin(request, self.route_label(request.path))
+        return super().getResourceFor(request)
+
+    def route_label(self, path: bytes) -> str:
+        """
+        The route of C{path} as a metrics label: a configured route's path
+        (C{/tvm/issue}, the C{API_PATH}, C{/demo/}), or C{other}; never the
+        raw path, so the label set stays bounded.
+        """
+        root = self._root
+        if path in root.routes:
+            return path.decode("ascii")
+        if self._is_api(path):
+            return root.api_path.decode("ascii")
+        for prefix in root.prefixes:
+            if path.startswith(prefix):
+                return prefix.decode("ascii")
+        return "other"
 
     def body_cap(self, path: bytes) -> int:
         """The largest body accepted for C{path}."""
@@ -158,5 +191,6 @@ class ETSSite(Site):
     def log(self, request: Request) -> None:
         """
         Twisted's default access line holds the whole URI, and a query can
-        carry secrets; ETS writes its own access log instead (see observe).
+        carry secrets; ETS writes its own access log instead (see
+        L{ets_twisted.observe}, started in L{getResourceFor}).
         """

@@ -15,7 +15,7 @@ from importlib import resources
 import attr
 from twisted.web.server import Request
 
-from .answers import write_json
+from .answers import body_for, write_json
 
 _TYPES = {
     ".mjs": b"text/javascript; charset=utf-8",
@@ -30,7 +30,7 @@ _TYPES = {
 class StaticFile:
     """One file of package data, with its validator."""
 
-    body: bytes
+    body: bytes = attr.ib(repr=False)
     content_type: bytes
     etag: bytes
     cache_control: bytes
@@ -58,7 +58,7 @@ class StaticFile:
             request.setResponseCode(304)
             return b""
         request.setHeader(b"content-length", b"%d" % (len(self.body),))
-        return self.body
+        return body_for(request, self.body)
 
 
 def _matches(request: Request, etag: bytes) -> bool:

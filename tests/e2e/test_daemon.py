@@ -98,6 +98,21 @@ class ProductionDaemonTests(SynchronousTestCase):
         status, headers, _ = self.daemon.request("GET", "/sdk/tvm.d.ts")
         self.assertEqual(status, 200)
 
+    def test_head_requests_answer_headers_only_and_log_no_secret(self) -> None:
+        """
+        HEAD on /health, the SDK and an unknown path answers headers only,
+        and nothing of the configuration (the upstream secret, the signing
+        key) reaches the log.
+        """
+        for path in ("/health", "/sdk/tvm.mjs", "/nope"):
+            status, headers, body = self.daemon.request("HEAD", path)
+            self.assertEqual(body, b"")
+            self.assertGreater(int(headers["content-length"]), 0)
+        self.daemon.stop()
+        self.assertNotIn(UPSTREAM_SECRET, self.daemon.output)
+        self.assertNotIn(SIGNING_KEY, self.daemon.output)
+        self.assertNotIn("message body", self.daemon.output)
+
     def test_sigterm_stops_cleanly(self) -> None:
         """SIGTERM stops the daemon with exit status 0 and no traceback."""
         self.assertEqual(self.daemon.stop(), 0)
