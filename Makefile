@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # What the tests import from the project tree besides the installed package.
 TEST_DEPS := hypothesis
 
-.PHONY: run test install unit e2e sdk-test clean
+.PHONY: run test install unit e2e sdk-test browser-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,23 @@ install: $(PY)
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 run: install
-	@echo "ETS: http://localhost:$${LISTEN_PORT:-8080}/health  (SDK: /sdk/tvm.mjs)"
+	@a="$${LISTEN_ADDR:-:8080}"; case "$$a" in tcp:*|tcp6:*) p="$${a#*:}"; p="$${p%%:*}";; *) p="$${a##*:}";; esac; \
+	echo "ETS: http://localhost:$$p/health  (SDK: /sdk/tvm.mjs)"; \
+	echo "Demo (development mode, no configuration): open http://localhost:$$p/demo/"
 	$(VENV)/bin/twistd -n --pidfile= ets
 
 test: install
 	$(PY) -m twisted.trial -j2 tests
 	cd sdk && node --test test/
+	$(MAKE) --no-print-directory browser-test INSTALLED=1
+
+# The SDK in headless Debian Chromium (never a downloaded browser) and in
+# Node.js, against real twistd processes of the installed package.
+CHROMIUM ?= /usr/bin/chromium
+browser-test: $(if $(INSTALLED),,install)
+	@test -x "$(CHROMIUM)" || { echo "browser-test: no Chromium at $(CHROMIUM): run 'apt-get update && apt-get install -y chromium' (.ci/run does), or set CHROMIUM=/path" >&2; exit 1; }
+	cd tests/browser && npm ci --no-audit --no-fund && CHROMIUM="$(CHROMIUM)" node --test
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf tests/browser/node_modules tests/browser/out
