@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # What the tests import from the project tree besides the installed package.
 TEST_DEPS := hypothesis
 
-.PHONY: run test install unit e2e sdk-test browser-test clean
+.PHONY: run test install system-deps unit e2e sdk-test browser-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ run: install
 	echo "Demo (development mode, no configuration): open http://localhost:$$p/demo/"
 	$(VENV)/bin/twistd -n --pidfile= ets
 
-test: install
+# Debian packages the tests run as real programs (Chromium, nginx, Redis, wrk).
+system-deps:
+	scripts/system-deps.sh
+
+test: system-deps install
 	$(PY) -m twisted.trial -j2 tests
 	cd sdk && node --test test/
 	$(MAKE) --no-print-directory browser-test INSTALLED=1
