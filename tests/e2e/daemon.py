@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -63,8 +63,19 @@ class Daemon:
     Its whole output is kept in L{output} after it stops.
     """
 
-    def __init__(self, env: Mapping[str, str], port: int | None = None, twistd: str = TWISTD) -> None:
+    def __init__(
+        self, env: Mapping[str, str], port: int | None = None, twistd: str = TWISTD,
+        command: Sequence[str] | None = None, cwd: str | None = None, user: int | None = None,
+    ) -> None:
+        """
+        @param command: the whole command line, instead of C{twistd -n ets}.
+        @param cwd: the working directory, instead of a scratch one.
+        @param user: the uid to run as (the process starts as root).
+        """
         self.twistd = twistd
+        self.command = list(command or [twistd, "-n", "--pidfile=", "ets"])
+        self.cwd = cwd
+        self.user = user
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = clean_env({"LISTEN_ADDR": f"127.0.0.1:{self.port}", **env})
@@ -76,8 +87,9 @@ class Daemon:
     def start(self, timeout: float = 20) -> Daemon:
         """Start the process and wait until C{/health} answers."""
         self.process = subprocess.Popen(
-            [self.twistd, "-n", "--pidfile=", "ets"],
-            env=self.env, cwd=self._cwd.name, stdout=self._log, stderr=subprocess.STDOUT,
+            self.command, env=self.env, cwd=self.cwd or self._cwd.name,
+            stdout=self._log, stderr=subprocess.STDOUT,
+            user=self.user, group=self.user, extra_groups=[] if self.user is not None else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
