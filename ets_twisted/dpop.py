@@ -274,7 +274,7 @@ def verify_proof(
         raise ETSError("bad_dpop_header", "crit is not supported")
 
     try:
-        key = key_cache.get(header.get("jwk"), (alg,))
+        key = key_cache.get(header.get("jwk"), (alg,), remember=False)
     except JWKError as e:
         raise ETSError("bad_dpop_key", str(e)) from None
 
@@ -285,6 +285,9 @@ def verify_proof(
         isinstance(expected_jkt, str) and _same(key.thumbprint, expected_jkt)
     ):
         raise ETSError("cnf_mismatch", "the proof key is not the token's key")
+    # Only a key that signed its proof (for the token it came with) is worth
+    # keeping parsed: made-up keys cannot evict those of real clients.
+    key_cache.remember(header["jwk"], key)
 
     htm = claims.get("htm")
     if not isinstance(htm, str) or htm != method:

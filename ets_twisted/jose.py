@@ -447,12 +447,16 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def get(self, jwk: object, allowed_algs: Iterable[str]) -> PublicKey:
+    def get(self, jwk: object, allowed_algs: Iterable[str], remember: bool = True) -> PublicKey:
         """
         Parse a public JWK, or find it parsed already.
 
         @param jwk: as for L{parse_public_jwk}.
         @param allowed_algs: as for L{parse_public_jwk}.
+        @param remember: whether a newly parsed key is cached now; callers
+            that have yet to verify a signature with it pass C{False} and
+            call L{remember} after, so that a flood of proofs with made-up
+            keys cannot evict the keys of real clients.
         @return: the parsed key; the same object for the same key while it
             stays cached.
         @raise JWKError: as L{parse_public_jwk} does.
@@ -468,10 +472,19 @@ class KeyCache:
             self._keys.move_to_end(values)
             return cached
         key = _parse(jwk, values, frozenset(allowed_algs))
+        if remember:
+            self._keep(values, key)
+        return key
+
+    def remember(self, jwk: Mapping[str, Any], key: PublicKey) -> None:
+        """Cache C{key}, parsed from C{jwk} by L{get}, once it proved itself."""
+        self._keep(_required_members(jwk), key)
+
+    def _keep(self, values: tuple[str, ...], key: PublicKey) -> None:
         self._keys[values] = key
+        self._keys.move_to_end(values)
         if len(self._keys) > self.size:
             self._keys.popitem(last=False)
-        return key
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -251,6 +251,20 @@ class RuleTests(ProofTestCase):
         tampered = self.signer.sign("POST", URL, iat=NOW).split(".")[1]
         self.assertRefused("bad_dpop_sig", f"{header}.{tampered}.{signature}")
 
+    def test_keyCachedOnlyOnceItSigned(self) -> None:
+        """
+        A proof whose signature does not verify leaves its key out of the
+        key cache (a flood of made-up keys cannot evict real ones); a proof
+        that verifies puts its key in, so its next proof parses nothing.
+        """
+        for _ in range(3):
+            self.assertRefused("bad_dpop_sig", _resign(new_private_key("ES256"))(self.proof()))
+        self.assertEqual(len(self.cache), 0)
+        first = self.verify(self.proof())
+        self.assertEqual(len(self.cache), 1)
+        self.assertEqual(self.verify(self.proof()).jkt, first.jkt)
+        self.assertEqual(len(self.cache), 1)
+
     def test_derSignature(self) -> None:
         """
         C{bad_dpop_sig}: an ES256 proof signed in DER rather than C{r || s}.

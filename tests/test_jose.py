@@ -461,6 +461,20 @@ class KeyCacheTests(SynchronousTestCase):
             self.assertRaises(JWKError, cache.get, jwk, ["ES256"])
         self.assertEqual(len(cache), 0)
 
+    def test_rememberLater(self) -> None:
+        """
+        C{remember=False} parses without caching; L{KeyCache.remember} then
+        caches that very object.
+        """
+        cache = KeyCache()
+        jwk = ec_jwk()
+        key = cache.get(jwk, ["ES256"], remember=False)
+        self.assertEqual(len(cache), 0)
+        self.assertIsNot(cache.get(jwk, ["ES256"], remember=False), key)
+        cache.remember(jwk, key)
+        self.assertEqual(len(cache), 1)
+        self.assertIs(cache.get(jwk, ["ES256"], remember=False), key)
+
     def test_bounded(self) -> None:
         """
         The cache never holds more than its size, evicting the least

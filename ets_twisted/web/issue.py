@@ -56,7 +56,8 @@ def single_proof(request: Request) -> str | None:
 def key_from_jwk(jwk: object, cache: jose.KeyCache, algs: tuple[str, ...]) -> jose.PublicKey:
     """Parse C{dpopPublicJwk}, mapping JWK problems to SPEC's 400 codes."""
     try:
-        return cache.get(jwk, algs)
+        # Not cached here: only a key that signed a proof is (see dpop).
+        return cache.get(jwk, algs, remember=False)
     except jose.JWKError as e:
         raise ETSError("unsupported_jwk" if e.unsupported else "invalid_jwk", str(e)) from None
 

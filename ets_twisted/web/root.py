@@ -7,7 +7,6 @@ C{API_PATH} prefix, and a JSON 404 for everything else.
 
 from __future__ import annotations
 
-import json
 from typing import Callable, Protocol
 
 import attr
@@ -18,6 +17,7 @@ from ..metrics import Metrics
 from ..observe import Observer
 from ..shutdown import Drain
 from .answers import write_json
+from .channel import IDLE_TIMEOUT, GuardedChannel, closing_answer
 from .issue import MAX_ISSUE_BODY
 
 
@@ -106,26 +106,18 @@ class CappedRequest(Request):
     def _refuse(self, path: bytes) -> None:
         self._refused = True
         site: ETSSite = self.channel.site
-        headers = [
-            (b"Content-Type", b"application/json"),
-            (b"Cache-Control", b"no-store"),
-            (b"Connection", b"close"),
-        ]
+        headers: list[tuple[bytes, bytes]] = []
         origin = self.requestHeaders.getRawHeaders(b"origin", [None])[-1]
         if origin is not None and site.cors_origin(path, origin):
             headers += [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin")]
-        body = json.dumps({"error": "body_too_large", "limit": self._cap}).encode()
         request_id = site.observer.refused_early(self, path, site.route_label(path))
         headers.append((b"X-Request-Id", request_id.encode("ascii")))
-        head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
         # The Request machinery has not started (no request line is parsed
-        # into it yet), so the answer is written straight to the transport.
-        self.channel.transport.write(
-            b"HTTP/1.1 413 Content Too Large\r\n%sContent-Length: %d\r\n\r\n%s"
-            % (head, len(body), body)
-        )
+        # into it yet), so the answer is written straight to the connection;
+        # the lingering close keeps the rest of the body from resetting it.
+        self.channel.refuse(closing_answer(
+            b"413 Content Too Large", {"error": "body_too_large", "limit": self._cap}, tuple(headers)))
         site.on_refused_body(path)
-        self.channel.transport.loseConnection()
 
 
 class ETSSite(Site):
@@ -135,6 +127,9 @@ class ETSSite(Site):
     """
 
     requestFactory = CappedRequest
+    # Plain HTTP/1.1 with request deadlines (see channel); ETS does not
+    # speak HTTP/2, so twisted.web's protocol-switching wrapper is not used.
+    protocol = GuardedChannel
 
     def __init__(
         self,
@@ -146,6 +141,7 @@ class ETSSite(Site):
         observer: Observer | None = None,
         **kwargs: object,
     ) -> None:
+        kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(root, **kwargs)
         self._root = root
         self._api_body_cap = api_body_cap

@@ -1,0 +1,144 @@
+"""
+The HTTP/1.1 connection of ETS's listener: twisted.web's C{HTTPChannel} with
+deadlines, so a slow client cannot hold a connection open for long.
+
+twisted.web's only guard is an idle timeout (12 hours by default) that every
+received byte restarts: a client trickling one header byte every few seconds
+keeps a connection, and its memory, forever. Here:
+
+  - C{IDLE_TIMEOUT}: no byte for this long, between requests or inside one,
+    closes the connection (twisted.web's own timeout, shortened). It is off
+    while ETS writes an answer, so long streams are not cut.
+  - C{HEADERS_DEADLINE}: the request line and headers must be complete this
+    long after their first byte.
+  - C{BODY_DEADLINE}: the body must be complete this long after the headers.
+
+A request that misses a deadline is answered C{408} with
+C{{"error": "request_timeout"}}; oversized request lines and headers (over
+16 KiB, or over 500 headers) and malformed HTTP are answered C{400} with
+C{{"error": "bad_request"}} (twisted.web finds them; its own answer has no
+body). These two codes are below SPEC's table: the request never reached a
+route.
+
+Every such refusal closes the connection with a lingering close: the answer
+is written, the sending side shut, and what the client still sends is read
+and dropped for up to C{LINGER_SECONDS}. Closing at once with unread input
+makes the kernel send a reset, which can destroy the answer before the
+client reads it (nginx lingers for the same reason).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.http import HTTPChannel
+
+IDLE_TIMEOUT = 30.0
+HEADERS_DEADLINE = 10.0
+BODY_DEADLINE = 60.0
+LINGER_SECONDS = 2.0
+
+
+def closing_answer(status: bytes, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    """
+    A whole HTTP/1.1 answer that ends its connection, for requests refused
+    before any route saw them.
+
+    @param status: the status line's code and reason, e.g. C{b"408 Request Timeout"}.
+    """
+    data = json.dumps(body, separators=(",", ":")).encode()
+    head = b"".join(b"%s: %s\r\n" % pair for pair in (
+        (b"Content-Type", b"application/json"),
+        (b"Cache-Control", b"no-store"),
+        *headers,
+        (b"Connection", b"close"),
+        (b"Content-Length", b"%d" % len(data)),
+    ))
+    return b"HTTP/1.1 %s\r\n%s\r\n%s" % (status, head, data)
+
+
+_TIMEOUT_ANSWER = closing_answer(b"408 Request Timeout", {"error": "request_timeout"})
+_BAD_REQUEST_ANSWER = closing_answer(b"400 Bad Request", {"error": "bad_request"})
+
+
+class GuardedChannel(HTTPChannel):
+    """
+    An C{HTTPChannel} that holds each request to L{HEADERS_DEADLINE} and
+    L{BODY_DEADLINE} (class attributes, so tests can shorten them).
+    """
+
+    headers_deadline = HEADERS_DEADLINE
+    body_deadline = BODY_DEADLINE
+    linger_seconds = LINGER_SECONDS
+    _deadline: Any = None
+    _receiving = False
+    _lingering = False
+
+    def refuse(self, answer: bytes) -> None:
+        """
+        Write C{answer} (a whole answer from L{closing_answer}) and close
+        the connection with a lingering close.
+        """
+        if self._lingering:
+            return
+        self._lingering = True
+        self._arm(self.linger_seconds, self.transport.abortConnection)
+        self.setTimeout(None)
+        self.transport.write(answer)
+        # Shut our side once the answer is out; keep reading (and dropping).
+        half_close = getattr(self.transport, "loseWriteConnection", self.transport.loseConnection)
+        half_close()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web calls this for every request it cannot parse.
+        self.refuse(_BAD_REQUEST_ANSWER)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver's default drops the connection without a word.
+        self._respondToBadRequestAndDisconnect()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        # The first byte of a request (not of data buffered while an answer
+        # is being written) starts its clock.
+        if data and not self._receiving and not self._handlingRequest:
+            self._receiving = True
+            self._arm(self.headers_deadline)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        # LineReceiver goes on with the lines it has buffered: not once refused.
+        if not self._lingering:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._lingering:
+            super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._arm(self.body_deadline)
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        self._receiving = False
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self, seconds: float, then: Any = None) -> None:
+        self._disarm()
+        self._deadline = self.callLater(seconds, then or self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self.refuse(_TIMEOUT_ANSWER)
