@@ -27,6 +27,21 @@ SIGNING_KEY = "e2e-signing-key-that-is-long-enough-0123456789"
 UPSTREAM_SECRET = "e2e-upstream-secret-7f3a9c"
 
 
+#: The browser origin production configurations allow.
+ORIGIN = "https://app.example"
+
+
+def production_env(upstream_base: str, **extra: str) -> dict[str, str]:
+    """A production configuration relaying to C{upstream_base}, plus C{extra}."""
+    return {
+        "ORIGIN_ALLOWLIST": ORIGIN,
+        "TVM_JWT_HS256_KEY": SIGNING_KEY,
+        "UPSTREAM_BASE_URL": upstream_base,
+        "UPSTREAM_SERVICE_SECRET": UPSTREAM_SECRET,
+        **extra,
+    }
+
+
 def free_port() -> int:
     """A loopback port that nothing listens on right now."""
     with socket.socket() as s:
@@ -122,6 +137,13 @@ class Daemon:
         all_headers = {"Content-Type": "application/json", **(headers or {})}
         status, answer_headers, data = self.request(method, path, body, all_headers)
         return status, answer_headers, json.loads(data) if data else None
+
+    def mint(self, public_jwk: Mapping[str, Any], origin: str = ORIGIN) -> str:
+        """An access token for C{public_jwk} from C{/tvm/issue}."""
+        status, _, body = self.json("POST", "/tvm/issue", {"dpopPublicJwk": public_jwk}, {"Origin": origin})
+        if status != 200:
+            raise AssertionError(f"/tvm/issue answered {status}: {body}")
+        return body["accessToken"]
 
     def read_output(self) -> str:
         self._log.flush()

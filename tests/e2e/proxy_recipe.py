@@ -25,13 +25,12 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
-from tests.e2e.daemon import SIGNING_KEY, UPSTREAM_SECRET, Daemon, free_port
+from tests.e2e.daemon import ORIGIN, UPSTREAM_SECRET, Daemon, free_port, production_env
 from tests.e2e.upstream import ThreadUpstream
 from tests.support.proofs import ProofSigner, ath_of
 from tests.support.tls import self_signed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ORIGIN = "https://app.example"
 
 
 def fill_site_lines(text: str, replacements: dict[str, str]) -> str:
@@ -80,14 +79,8 @@ class ProxyRecipeTests:
             raise SkipTest(f"{self.program} is missing (apt-get install {name})")
         self.upstream = ThreadUpstream()
         self.addCleanup(self.upstream.close)
-        self.daemon = Daemon({
-            "ORIGIN_ALLOWLIST": ORIGIN,
-            "TVM_JWT_HS256_KEY": SIGNING_KEY,
-            "UPSTREAM_BASE_URL": self.upstream.base,
-            "UPSTREAM_SERVICE_SECRET": UPSTREAM_SECRET,
-            "TRUSTED_PROXIES": "127.0.0.1/32",
-            "LOG_FORMAT": "json",
-        }).start()
+        self.daemon = Daemon(production_env(
+            self.upstream.base, TRUSTED_PROXIES="127.0.0.1/32", LOG_FORMAT="json")).start()
         self.addCleanup(self.daemon.stop)
         self.tmp = tempfile.mkdtemp(prefix=f"ets-{name}-")
         # A proxy's workers may drop root privileges: they must reach this folder.

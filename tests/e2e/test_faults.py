@@ -20,12 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.daemon import SIGNING_KEY, UPSTREAM_SECRET, Daemon
+from tests.e2e.daemon import ORIGIN, Daemon, production_env
 from tests.e2e.faulty_upstream import MODES, FaultyUpstream
 from tests.e2e.test_relay import rss_kib
 from tests.support.proofs import ProofSigner, ath_of
 
-ORIGIN = "https://app.example"
 #: What each mode must end in: (status, whether the body is cut short).
 EXPECTED = {
     "ok": (200, False),
@@ -48,21 +47,13 @@ class UpstreamFaultStormTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.upstream = FaultyUpstream(stall_seconds=2.5)
         self.addCleanup(self.upstream.close)
-        self.daemon = Daemon({
-            "ORIGIN_ALLOWLIST": ORIGIN,
-            "TVM_JWT_HS256_KEY": SIGNING_KEY,
-            "UPSTREAM_BASE_URL": self.upstream.base,
-            "UPSTREAM_SERVICE_SECRET": UPSTREAM_SECRET,
-            "UPSTREAM_TIMEOUT_SECONDS": "1",
-            "RATE_LIMIT_PER_MINUTE": "100000",
-            "RATE_LIMIT_BURST": "100000",
-        }).start()
+        self.daemon = Daemon(production_env(
+            self.upstream.base, UPSTREAM_TIMEOUT_SECONDS="1",
+            RATE_LIMIT_PER_MINUTE="100000", RATE_LIMIT_BURST="100000",
+        )).start()
         self.addCleanup(self.daemon.stop)
         self.signer = ProofSigner()
-        status, _, body = self.daemon.json(
-            "POST", "/tvm/issue", {"dpopPublicJwk": self.signer.public_jwk}, {"Origin": ORIGIN})
-        self.assertEqual(status, 200)
-        self.token = body["accessToken"]
+        self.token = self.daemon.mint(self.signer.public_jwk)
 
     def call(self, mode: str) -> tuple[str, int, bool, bytes]:
         """One call to C{/api/<mode>}: (mode, status, cut short, body)."""

@@ -10,11 +10,10 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.daemon import SIGNING_KEY, UPSTREAM_SECRET, Daemon
+from tests.e2e.daemon import ORIGIN, SIGNING_KEY, UPSTREAM_SECRET, Daemon, production_env
 from tests.e2e.upstream import ThreadUpstream
 from tests.support.proofs import ProofSigner, ath_of
 
-ORIGIN = "https://app.example"
 OTHER_ORIGIN = "https://other.example"
 
 
@@ -32,21 +31,13 @@ class RelayCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.upstream = ThreadUpstream(slow_seconds=3)
         self.addCleanup(self.upstream.close)
-        self.daemon = Daemon({
-            "ORIGIN_ALLOWLIST": f"{ORIGIN},{OTHER_ORIGIN}",
-            "TVM_JWT_HS256_KEY": SIGNING_KEY,
-            "UPSTREAM_BASE_URL": self.upstream.base,
-            "UPSTREAM_SERVICE_SECRET": UPSTREAM_SECRET,
-            "UPSTREAM_TIMEOUT_SECONDS": "1",
-            "MAX_BODY_BYTES": "1000",
-            **self.env,
-        }).start()
+        self.daemon = Daemon(production_env(
+            self.upstream.base, ORIGIN_ALLOWLIST=f"{ORIGIN},{OTHER_ORIGIN}",
+            UPSTREAM_TIMEOUT_SECONDS="1", MAX_BODY_BYTES="1000", **self.env,
+        )).start()
         self.addCleanup(self.daemon.stop)
         self.signer = ProofSigner()
-        status, _, body = self.daemon.json(
-            "POST", "/tvm/issue", {"dpopPublicJwk": self.signer.public_jwk}, {"Origin": ORIGIN})
-        self.assertEqual(status, 200)
-        self.token = body["accessToken"]
+        self.token = self.daemon.mint(self.signer.public_jwk)
 
     def credentials(self, method: str, path: str, origin: str = ORIGIN, token: str | None = None) -> dict[str, str]:
         token = token or self.token
