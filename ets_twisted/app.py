@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attr
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -34,6 +34,9 @@ from .web.issue import IssueRoute
 from .web.relay import Relay, quoted_secret
 from .web.root import ETSSite, Root
 from .web.static import StaticDirectory, StaticFile
+
+if TYPE_CHECKING:
+    from .workers import WorkerSocket
 
 _SDK_CACHE = b"public, max-age=300"
 
@@ -149,22 +152,53 @@ def build_site(
 
 
 def make_store(config: Config, reactor: Any) -> IStore:
-    """The store C{STORE_URL} names."""
-    return MemoryStore(reactor)
+    """
+    The store C{STORE_URL} names. A Redis store is also a service: the
+    caller starts it (it connects) and stops it (it disconnects).
+    """
+    if config.store_url == "memory:":
+        return MemoryStore(reactor)
+    # Imported here: only a Redis deployment pays for txredisapi.
+    from .stores.redis import RedisStore
+
+    return RedisStore(config.store_url, config.store_key_prefix, reactor)
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
-    """Everything C{twistd ets} runs for C{config}, as one service."""
+def build_service(config: Config, reactor: Any, adopted: WorkerSocket | None = None) -> MultiService:
+    """
+    Everything C{twistd ets} runs for C{config}, as one service.
+
+    @param adopted: in a worker of C{WORKERS=N}, the master's listening
+        socket, adopted instead of listening on C{LISTEN_ADDR}; see
+        L{ets_twisted.workers}.
+    """
     top = MultiService()
     if config.dev_mode:
         dev = devmode.start_dev_upstream(config, reactor)
         config = dev.config
         _ListeningPort(dev.port).setServiceParent(top)
     store = make_store(config, reactor)
+    if IService.providedBy(store):
+        # Started before the listener and, services stopping in reverse,
+        # stopped after the drain: in-flight requests keep their store.
+        store.setServiceParent(top)
     pool = PoolService(reactor)
     pool.setServiceParent(top)
     site = build_site(config, reactor, store, pool.pool)
-    listener = StreamServerEndpointService(serverFromString(reactor, config.listen_addr), site)
+    listener: Service
+    if adopted is None:
+        listener = StreamServerEndpointService(serverFromString(reactor, config.listen_addr), site)
+        # As twisted.application.strports does: a port that cannot be bound
+        # fails the start (GracefulShutdown says so and exits) instead of
+        # leaving a process that runs without listening.
+        listener._raiseSynchronously = True
+    else:
+        from . import workers
+
+        workers.tag_requests(site)
+        listener = workers.AdoptedPort(reactor, adopted.fd, adopted.family, site)
+        if adopted.parent is not None:
+            workers.OrphanWatch(reactor, adopted.parent).setServiceParent(top)
     GracefulShutdown(reactor, site.resource.drain, listener, config.shutdown_grace_seconds).setServiceParent(top)
     scrape = metrics_service(config.metrics_listen_addr, reactor, site.observer.metrics)
     if scrape is not None:

@@ -158,7 +158,7 @@ class Config:
     directly (no validation then). C{repr} hides every secret.
     """
 
-    listen_addr: str = "tcp:8080"
+    listen_addr: str = "tcp:8080:backlog=1024"
     origin_allowlist: tuple[str, ...]
     jwt_keys: tuple[bytes, ...] = attr.ib(repr=_hidden_keys)
     upstream_base_url: str
@@ -255,7 +255,7 @@ def load(env: Mapping[str, str], options: Mapping[str, str | None] | None = None
                     f"required ({set_} {verb} set; set all three, or none for development mode)",
                 )
 
-    listen_addr = r.get("LISTEN_ADDR", endpoint_string, "tcp:8080")
+    listen_addr = r.get("LISTEN_ADDR", endpoint_string, endpoint_string(":8080"))
     origin_allowlist = r.get("ORIGIN_ALLOWLIST", _origin_allowlist, ())
     if dev_mode:
         # Random and in memory only: tokens die with the process, which is
@@ -314,6 +314,23 @@ def load(env: Mapping[str, str], options: Mapping[str, str | None] | None = None
     ):
         r.problem("METRICS_LISTEN_ADDR", "must differ from LISTEN_ADDR")
     log_format = r.get("LOG_FORMAT", _log_format, "text")
+    if workers > 1:
+        # Workers adopt the master's plain socket (tcp, tcp6, unix); TLS
+        # and systemd sockets stay with one process or a proxy in front.
+        if listen_addr.split(":", 1)[0] in ("ssl", "systemd") and "LISTEN_ADDR" not in r.failed:
+            r.problem(
+                "WORKERS",
+                "more than 1 worker needs a tcp, tcp6 or unix LISTEN_ADDR (ssl: and systemd: "
+                "work with 1 worker; terminate TLS in a proxy in front of the workers)",
+            )
+        if metrics_listen_addr is not None:
+            # Each worker counts its own requests: one scrape address would
+            # answer from a different worker each time.
+            r.problem(
+                "METRICS_LISTEN_ADDR",
+                "not available with WORKERS > 1 (each worker counts only its own requests); "
+                "run single-process replicas, each with its own metrics address, to scrape them",
+            )
 
     if r.problems:
         raise ConfigError(r.problems)
@@ -812,6 +829,11 @@ def _port(text: str | None) -> int:
     return int(text)
 
 
+#: The listen queue of the short C{LISTEN_ADDR} forms (nginx uses 511; the
+#: kernel caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 1024
+
+
 def endpoint_string(value: str) -> str:
     """
     Convert a listening address to a Twisted server endpoint string.
@@ -819,7 +841,10 @@ def endpoint_string(value: str) -> str:
     Accepted forms: C{:8080} (all interfaces), C{host:8080} (C{host} a name
     or an IPv4 address), C{[::1]:8080}, and Twisted endpoint strings of the
     types C{tcp}, C{tcp6}, C{ssl}, C{unix} and C{systemd}, which are
-    checked and passed through unchanged.
+    checked and passed through unchanged. The short forms listen with a
+    backlog of L{LISTEN_BACKLOG} connections (Twisted's default of 50 makes
+    a burst of new clients wait for SYN retries); an endpoint string keeps
+    its own C{backlog=}.
 
     @raise ValueError: the address is none of those, or a port is outside
         0-65535.
@@ -834,18 +859,18 @@ def endpoint_string(value: str) -> str:
 
     match = re.fullmatch(r":([^:]*)", text)
     if match:
-        return f"tcp:{_port(match.group(1))}"
+        return f"tcp:{_port(match.group(1))}:backlog={LISTEN_BACKLOG}"
     match = re.fullmatch(r"\[([^\]]+)\]:([^:]*)", text)
     if match:
         try:
             address = ipaddress.IPv6Address(match.group(1))
         except ValueError:
             raise ValueError(f"has an invalid IPv6 address {_shown(match.group(1))}") from None
-        return f"tcp6:{_port(match.group(2))}:interface={_escape(str(address))}"
+        return f"tcp6:{_port(match.group(2))}:interface={_escape(str(address))}:backlog={LISTEN_BACKLOG}"
     match = re.fullmatch(r"([^:\[\]]+):([^:]*)", text)
     if match:
         host = _host(match.group(1).lower())
-        return f"tcp:{_port(match.group(2))}:interface={host}"
+        return f"tcp:{_port(match.group(2))}:interface={host}:backlog={LISTEN_BACKLOG}"
     if re.fullmatch(r"[0-9]+", text):
         raise ValueError(f"{_shown(text)} has no host part; write :{text} for every interface")
     raise ValueError(

@@ -47,8 +47,19 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
+    """
+    The service of C{twistd ets}: ETS itself, or with C{WORKERS} > 1 the
+    master that runs that many worker processes (each of which comes back
+    here as a worker; see L{ets_twisted.workers}).
+    """
     from twisted.internet import reactor
 
+    from . import workers
     from .app import build_service
 
-    return build_service(options.config, reactor)
+    config = options.config
+    adopted = workers.worker_socket(os.environ)
+    if adopted is None and config.workers > 1:
+        env = workers.worker_environment(os.environ, {v.option: options[v.option] for v in VARIABLES})
+        return workers.Master(reactor, config.listen_addr, config.workers, env, config.shutdown_grace_seconds)
+    return build_service(config, reactor, adopted=adopted)
