@@ -10,11 +10,13 @@ clean exit instead.
 from __future__ import annotations
 
 import signal
+import sys
 import weakref
 from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -93,6 +95,17 @@ class GracefulShutdown(Service):
         self._listener = listener
         self._grace = grace
         self._stopping: Deferred[None] | None = None
+
+    def privilegedStartService(self) -> None:
+        # Bound here, before twistd drops privileges (--uid), as twistd's
+        # own listeners are.
+        super().privilegedStartService()
+        try:
+            self._listener.privilegedStartService()
+        except (CannotListenError, OSError) as e:
+            # One line and a non-zero exit, as for bad configuration.
+            sys.__stderr__.write(f"ets: cannot listen on LISTEN_ADDR: {e}\n")
+            raise SystemExit(1)
 
     def startService(self) -> None:
         super().startService()

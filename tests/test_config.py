@@ -126,7 +126,7 @@ class DefaultsTests(ConfigTestCase):
         Each field holds the SPEC default.
         """
         config = load(PRODUCTION)
-        self.assertEqual(config.listen_addr, "tcp:8080")
+        self.assertEqual(config.listen_addr, "tcp:8080:backlog=1024")
         self.assertEqual(config.origin_allowlist, ("https://app.example.com",))
         self.assertEqual(config.jwt_keys, (KEY.encode(),))
         self.assertEqual(config.upstream_base_url, "https://upstream.example.com")
@@ -175,7 +175,7 @@ class DefaultsTests(ConfigTestCase):
         An empty or blank value counts as unset and gets the default.
         """
         config = self.load(LISTEN_ADDR="", TOKEN_LIFETIME_SECONDS="  ", UPSTREAM_SERVICE_SECRET="")
-        self.assertEqual(config.listen_addr, "tcp:8080")
+        self.assertEqual(config.listen_addr, "tcp:8080:backlog=1024")
         self.assertEqual(config.token_lifetime_seconds, 300)
         self.assertIsNone(config.upstream_service_secret)
 
@@ -196,7 +196,7 @@ class OptionsTests(ConfigTestCase):
         An option value replaces the environment's.
         """
         config = load(production(LISTEN_ADDR=":8000"), {"listen-addr": ":9000"})
-        self.assertEqual(config.listen_addr, "tcp:9000")
+        self.assertEqual(config.listen_addr, "tcp:9000:backlog=1024")
 
     def test_unsetOptionFallsBack(self) -> None:
         """
@@ -206,7 +206,7 @@ class OptionsTests(ConfigTestCase):
             production(LISTEN_ADDR=":8000", WORKERS="1"),
             {"listen-addr": None, "workers": ""},
         )
-        self.assertEqual(config.listen_addr, "tcp:8000")
+        self.assertEqual(config.listen_addr, "tcp:8000:backlog=1024")
         self.assertEqual(config.workers, 1)
 
     def test_optionsAlone(self) -> None:
@@ -228,7 +228,7 @@ class OptionsTests(ConfigTestCase):
         names) are ignored.
         """
         config = load(PRODUCTION, {"LISTEN_ADDR": ":1", "nodaemon": "1"})
-        self.assertEqual(config.listen_addr, "tcp:8080")
+        self.assertEqual(config.listen_addr, "tcp:8080:backlog=1024")
 
     def test_badOptionReported(self) -> None:
         """
@@ -333,7 +333,7 @@ class DevelopmentModeTests(ConfigTestCase):
         usual.
         """
         config = load({"LISTEN_ADDR": "127.0.0.1:9999", "REQUIRE_ATH": "yes"})
-        self.assertEqual(config.listen_addr, "tcp:9999:interface=127.0.0.1")
+        self.assertEqual(config.listen_addr, "tcp:9999:interface=127.0.0.1:backlog=1024")
         self.assertTrue(config.require_ath)
         self.assertEqual(
             self.problems({"LOG_FORMAT": "xml"}), ["LOG_FORMAT: must be text or json, not 'xml'"]
@@ -386,6 +386,30 @@ class DevelopmentModeTests(ConfigTestCase):
         self.assertIn("TVM_JWT_HS256_KEY", problems[0])
 
 
+class WorkersTests(ConfigTestCase):
+    """What several worker processes cannot share."""
+
+    def test_memory_store(self) -> None:
+        """Per-process replay caches would accept a proof once per worker."""
+        problems = self.problems(production(WORKERS="2"))
+        self.assertEqual([p.split(":")[0] for p in problems], ["WORKERS"])
+
+    def test_tls_listener(self) -> None:
+        """Workers adopt a plain socket: ssl: and systemd: stay single-process."""
+        for addr in ("ssl:8443:privateKey=k.pem", "systemd:domain=INET:index=0"):
+            problems = self.problems(production(WORKERS="2", STORE_URL="redis://cache", LISTEN_ADDR=addr))
+            self.assertEqual([p.split(":")[0] for p in problems], ["WORKERS"], problems)
+
+    def test_metrics(self) -> None:
+        """Each worker would answer a scrape with only its own counts."""
+        problems = self.problems(production(WORKERS="2", STORE_URL="redis://cache", METRICS_LISTEN_ADDR=":9100"))
+        self.assertEqual([p.split(":")[0] for p in problems], ["METRICS_LISTEN_ADDR"])
+
+    def test_accepted(self) -> None:
+        config = self.load(WORKERS="2", STORE_URL="redis://cache")
+        self.assertEqual((config.workers, config.store_url), (2, "redis://cache"))
+
+
 class ListenAddrTests(ConfigTestCase):
     """
     C{LISTEN_ADDR} and C{METRICS_LISTEN_ADDR} become Twisted endpoint
@@ -397,12 +421,12 @@ class ListenAddrTests(ConfigTestCase):
         The short forms are converted; endpoint strings pass unchanged.
         """
         cases = {
-            ":8080": "tcp:8080",
-            ":0": "tcp:0",
-            "127.0.0.1:8080": "tcp:8080:interface=127.0.0.1",
-            "localhost:80": "tcp:80:interface=localhost",
-            "[::1]:8080": "tcp6:8080:interface=\\:\\:1",
-            "[::]:443": "tcp6:443:interface=\\:\\:",
+            ":8080": "tcp:8080:backlog=1024",
+            ":0": "tcp:0:backlog=1024",
+            "127.0.0.1:8080": "tcp:8080:interface=127.0.0.1:backlog=1024",
+            "localhost:80": "tcp:80:interface=localhost:backlog=1024",
+            "[::1]:8080": "tcp6:8080:interface=\\:\\:1:backlog=1024",
+            "[::]:443": "tcp6:443:interface=\\:\\::backlog=1024",
             "tcp:8080:interface=127.0.0.1": "tcp:8080:interface=127.0.0.1",
             "tcp6:8080:interface=\\:\\:1": "tcp6:8080:interface=\\:\\:1",
             "ssl:443:privateKey=k.pem:certKey=c.pem": "ssl:443:privateKey=k.pem:certKey=c.pem",
@@ -454,11 +478,11 @@ class ListenAddrTests(ConfigTestCase):
         C{METRICS_LISTEN_ADDR} takes the same forms, is off when unset, and
         must not be the main listener.
         """
-        self.assertEqual(self.load(METRICS_LISTEN_ADDR=":9100").metrics_listen_addr, "tcp:9100")
+        self.assertEqual(self.load(METRICS_LISTEN_ADDR=":9100").metrics_listen_addr, "tcp:9100:backlog=1024")
         self.assertRefused("METRICS_LISTEN_ADDR", "nowhere")
         self.assertRefused("METRICS_LISTEN_ADDR", ":8080", "must differ from LISTEN_ADDR")
         config = self.load(LISTEN_ADDR=":0", METRICS_LISTEN_ADDR=":0")
-        self.assertEqual(config.metrics_listen_addr, "tcp:0")
+        self.assertEqual(config.metrics_listen_addr, "tcp:0:backlog=1024")
 
 
 class OriginAllowlistTests(ConfigTestCase):

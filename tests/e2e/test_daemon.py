@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,21 @@ class BadConfigurationTests(SynchronousTestCase):
             {**PRODUCTION, "RATE_LIMIT_PER_MINUTE": "60"}, "RATE_LIMIT_PER_MINUTE",
             ("--rate-limit-per-minute", "lots"),
         )
+
+    def test_port_in_use(self) -> None:
+        """
+        A LISTEN_ADDR that cannot be bound: one line and exit status 1, not
+        a process that runs without listening.
+        """
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = run_twistd({**PRODUCTION, "LISTEN_ADDR": f"127.0.0.1:{port}"})
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        (line,) = done.stderr.strip().splitlines()
+        self.assertTrue(line.startswith(f"ets: cannot listen on LISTEN_ADDR: Couldn't listen on 127.0.0.1:{port}"), line)
+        self.assertNotIn("Traceback", done.stdout)
 
     def test_several_problems_one_line_each(self) -> None:
         """Every problem is reported, each on its own line."""
