@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # What the tests import from the project tree besides the installed package.
 TEST_DEPS := hypothesis
 
-.PHONY: run test install system-deps unit e2e sdk-test browser-test clean
+.PHONY: run test install system-deps browser-test clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,15 @@ test: system-deps install
 # Node.js, against real twistd processes of the installed package.
 CHROMIUM ?= /usr/bin/chromium
 browser-test: $(if $(INSTALLED),,install)
-	@test -x "$(CHROMIUM)" || { echo "browser-test: no Chromium at $(CHROMIUM): run 'apt-get update && apt-get install -y chromium' (.ci/run does), or set CHROMIUM=/path" >&2; exit 1; }
+	@test -x "$(CHROMIUM)" || { echo "browser-test: no Chromium at $(CHROMIUM): run scripts/system-deps.sh (make test does), or set CHROMIUM=/path" >&2; exit 1; }
 	cd tests/browser && npm ci --no-audit --no-fund && CHROMIUM="$(CHROMIUM)" node --test
+
+# The benchmark (not part of `make test`): wrk, nginx and ETS on loopback,
+# ETS pinned to core 0; writes docs/BENCHMARKS.md. Bounded by BENCH_SECONDS
+# per run (default 10) and BENCH_REPEAT (default 3): about 7 minutes.
+# Another interpreter: make bench VENV=/path/to/venv (or PY=...).
+bench: system-deps install
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache

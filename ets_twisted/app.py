@@ -31,7 +31,7 @@ from .web.admission import Admission
 from .web.api import ApiRoute
 from .web.health import HealthRoute, ReadyRoute
 from .web.issue import IssueRoute
-from .web.relay import Relay, quoted_secret
+from .web.relay import MAX_IDLE_UPSTREAM_CONNECTIONS, Relay, quoted_secret
 from .web.root import ETSSite, Root
 from .web.static import StaticDirectory, StaticFile
 
@@ -49,6 +49,9 @@ class PoolService(Service):
 
     def __init__(self, reactor: Any) -> None:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
+        # Twisted keeps 2 idle connections per host: under concurrency almost
+        # every relayed request would open (and resolve) a new one.
+        self.pool.maxPersistentPerHost = MAX_IDLE_UPSTREAM_CONNECTIONS
 
     def stopService(self) -> Any:
         super().stopService()
@@ -134,6 +137,7 @@ def build_site(
             base=config.upstream_base_url.encode("ascii"),
             secret=quoted_secret(config.upstream_service_secret),
             timeout=config.upstream_timeout_seconds,
+            pool=pool,
         ),
         now=clock.seconds,
     )

@@ -156,6 +156,12 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(kept)
 
 
+#: How many normalised URIs L{normalize_htu} remembers: a client sends the
+#: same few URIs again and again, and ETS's own URL for a route repeats.
+_NORMALIZED_MAX = 4096
+_normalized: dict[str, str] = {}
+
+
 def normalize_htu(url: str) -> str:
     """
     Normalise an HTTP URI for the C{htu} comparison (RFC 9449 section 4.3,
@@ -173,6 +179,20 @@ def normalize_htu(url: str) -> str:
     @raise ValueError: when C{url} is not an absolute http(s) URI with a
         host, or holds user information, a bad port or a broken escape.
     """
+    try:
+        return _normalized[url]
+    except (KeyError, TypeError):
+        pass
+    normal = _normalize_htu(url)
+    if len(url) > 512:
+        return normal
+    if len(_normalized) >= _NORMALIZED_MAX:
+        _normalized.clear()
+    _normalized[url] = normal
+    return normal
+
+
+def _normalize_htu(url: str) -> str:
     match = _URI.fullmatch(url)
     if match is None:
         raise ValueError("not an absolute URI with an authority")
@@ -342,13 +362,26 @@ def verify_proof(
     )
 
 
+_ATHS_MAX = 1024
+_aths: dict[str, str | None] = {}
+
+
 def _expected_ath(access_token: str) -> str | None:
     """
     The C{ath} a proof must carry, or L{None} when no proof can match
-    (a non-ASCII access token, which no valid token is).
+    (a non-ASCII access token, which no valid token is). Remembered for
+    the last tokens seen: a token is sent with every call of its lifetime.
     """
     try:
-        return access_token_hash(access_token)
+        return _aths[access_token]
+    except KeyError:
+        pass
+    try:
+        ath: str | None = access_token_hash(access_token)
     except UnicodeEncodeError:
-        return None
+        ath = None
+    if len(_aths) >= _ATHS_MAX:
+        _aths.clear()
+    _aths[access_token] = ath
+    return ath
 

@@ -529,6 +529,30 @@ def _json_object(part: str, what: str) -> dict[str, Any]:
     return value
 
 
+#: Decoded JWS headers by their encoding. A client's proofs all carry the
+#: same header (typ, alg, its key), so it is decoded once; only headers up
+#: to this length are kept, at most _HEADERS_MAX of them.
+_HEADER_CACHE_LENGTH = 1024
+_HEADERS_MAX = 4096
+_headers: dict[str, dict[str, Any]] = {}
+
+
+def _decoded_header(encoded: str) -> dict[str, Any]:
+    """
+    L{_json_object} of a JWS header, remembered. Callers get their own
+    (shallow) copy; the nested values, such as C{jwk}, are shared and must
+    be treated as read-only.
+    """
+    header = _headers.get(encoded)
+    if header is None:
+        header = _json_object(encoded, "header")
+        if len(encoded) <= _HEADER_CACHE_LENGTH:
+            if len(_headers) >= _HEADERS_MAX:
+                _headers.clear()
+            _headers[encoded] = header
+    return dict(header)
+
+
 def split_compact_jws(
     token: str | bytes, max_length: int = MAX_JWS_LENGTH
 ) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
@@ -552,7 +576,7 @@ def split_compact_jws(
     if token.count(".") != 2:
         raise ValueError("a compact JWS has exactly three parts")
     encoded_header, encoded_payload, encoded_signature = token.split(".")
-    header = _json_object(encoded_header, "header")
+    header = _decoded_header(encoded_header)
     payload = _json_object(encoded_payload, "payload")
     signature = b64url_decode(encoded_signature)
     # The parts are base64url, hence ASCII, by now.

@@ -149,6 +149,8 @@ def note_thumbprint(request: Request, jkt: str | None) -> None:
 
 def _text(data: bytes, limit: int) -> str:
     text = data.decode("latin-1")
+    if text.isprintable():
+        return text[:limit]
     # No control characters: a crafted path must not forge log lines.
     text = "".join(c if c.isprintable() else "\\x%02x" % ord(c) for c in text)
     return text[:limit]
@@ -209,6 +211,9 @@ class Observer:
     def __attrs_post_init__(self) -> None:
         if self.watch is None:
             self.watch = FailureWatch(self.clock)
+        # (route, status) -> its child of the requests counter: labels()
+        # looks the child up under a lock on every call.
+        self._counters: dict[tuple[str, int], Any] = {}
 
     def begin(self, request: Request, route: str) -> None:
         """
@@ -257,7 +262,12 @@ class Observer:
 
     def _log(self, seen: _Seen, status: int) -> None:
         duration = max(0.0, self.clock.seconds() - seen.started)
-        self.metrics.requests.labels(route=seen.route, status=str(status)).inc()
+        counter = self._counters.get((seen.route, status))
+        if counter is None:
+            counter = self.metrics.requests.labels(route=seen.route, status=str(status))
+            if len(self._counters) < 1024:
+                self._counters[(seen.route, status)] = counter
+        counter.inc()
         fields = {
             "request_id": seen.request_id,
             "method": seen.method,
@@ -268,7 +278,10 @@ class Observer:
             "client_ip": seen.client_ip,
             "jkt": seen.jkt or "-",
         }
-        access_log.info(ACCESS_FORMAT, ets=fields)
+        # The line is formatted here, once, rather than by the log system
+        # from ACCESS_FORMAT: the same text, without a format-string
+        # interpreter walking eight nested fields per request.
+        access_log.info("{ets_access_line}", ets_access_line=ACCESS_FORMAT.format(ets=fields), ets=fields)
         if seen.error in SIGNATURE_FAILURES and self.watch is not None and self.watch.failed(seen.client_ip):
             security_log.warn(
                 "client {client_ip} failed {count} signature checks "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import math
 import secrets
@@ -39,6 +40,10 @@ _MAX_JTI_LENGTH = 256
 _JWS = jwt.PyJWS(algorithms=[ALGORITHM])
 
 
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 def key_id(key: bytes) -> str:
     """
     The C{kid} of C{key}: the first 16 characters of the base64url SHA-256
@@ -57,7 +62,10 @@ class KeyRing:
     @ivar signing_kid: the C{kid} of the signing key.
     """
 
-    __slots__ = ("_keys", "signing_kid")
+    __slots__ = ("_keys", "signing_kid", "signing_header", "_verified")
+
+    #: How many verified tokens L{verify} remembers (see L{remember}).
+    VERIFIED_CACHE_SIZE = 1024
 
     def __init__(self, keys: Iterable[bytes]) -> None:
         """
@@ -71,6 +79,12 @@ class KeyRing:
             raise ValueError("a key ring needs at least one key")
         self._keys = by_kid
         self.signing_kid = next(iter(by_kid))
+        #: The encoded JWS header of every token this ring signs.
+        self.signing_header = _b64(json.dumps(
+            {"alg": ALGORITHM, "kid": self.signing_kid, "typ": "JWT"},
+            separators=(",", ":"), sort_keys=True,
+        ).encode("utf-8"))
+        self._verified: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> KeyRing:
@@ -91,6 +105,27 @@ class KeyRing:
         if not isinstance(kid, str):
             return None
         return self._keys.get(kid)
+
+    def verified_claims(self, token: str) -> dict[str, Any] | None:
+        """
+        The decoded claims of C{token} when its signature was verified by a
+        key of this ring before, else None. The claims themselves (time,
+        audience, issuer) are still checked on every call of L{verify}.
+        """
+        return self._verified.get(token)
+
+    def remember(self, token: str, claims: dict[str, Any]) -> None:
+        """
+        Remember that C{token}'s header and signature passed (a token is
+        reused for every call of its lifetime, so this saves the HMAC and
+        the decoding). The ring's keys never change, so a remembered token
+        stays verified; at most L{VERIFIED_CACHE_SIZE} are kept, the oldest
+        forgotten first.
+        """
+        verified = self._verified
+        if len(verified) >= self.VERIFIED_CACHE_SIZE:
+            del verified[next(iter(verified))]
+        verified[token] = claims
 
     def __repr__(self) -> str:
         # kids only: they are one-way hashes, safe to log.
@@ -139,12 +174,15 @@ def mint(
         "jti": jti,
         "cnf": {"jkt": jkt},
     }
-    token = _JWS.encode(
-        json.dumps(claims, separators=(",", ":")).encode("utf-8"),
-        ring.signing_key,
-        algorithm=ALGORITHM,
-        headers={"typ": "JWT", "kid": ring.signing_kid},
+    # The JWS by hand: the same bytes pyjwt's encode makes (header members
+    # sorted, compact JSON, unpadded base64url), without its per-call key
+    # preparation (PEM/SSH sniffing of an HMAC secret), a quarter of the
+    # cost of an issuance's own work.
+    signing_input = ring.signing_header + b"." + _b64(
+        json.dumps(claims, separators=(",", ":")).encode("utf-8")
     )
+    signature = hmac.new(ring.signing_key, signing_input, hashlib.sha256).digest()
+    token = (signing_input + b"." + _b64(signature)).decode("ascii")
     return token, AccessToken(jkt=jkt, jti=jti, iat=iat, exp=iat + lifetime, claims=claims)
 
 
@@ -163,6 +201,9 @@ def verify(ring: KeyRing, token: str, *, issuer: str, now: float, leeway: float)
     """
     if not isinstance(token, str) or len(token) > _MAX_TOKEN_LENGTH:
         raise ETSError("invalid_token", "malformed token")
+    claims = ring.verified_claims(token)
+    if claims is not None:
+        return _check_claims(claims, issuer=issuer, now=now, leeway=leeway)
     try:
         header = _JWS.get_unverified_header(token)
     except (jwt.PyJWTError, ValueError, TypeError):
@@ -187,7 +228,10 @@ def verify(ring: KeyRing, token: str, *, issuer: str, now: float, leeway: float)
         raise ETSError("invalid_token", "malformed claims") from None
     if not isinstance(claims, dict):
         raise ETSError("invalid_token", "malformed claims")
-    return _check_claims(claims, issuer=issuer, now=now, leeway=leeway)
+    access = _check_claims(claims, issuer=issuer, now=now, leeway=leeway)
+    # Only a token that passed every check is remembered.
+    ring.remember(token, claims)
+    return access
 
 
 def _check_claims(

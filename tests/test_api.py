@@ -97,6 +97,24 @@ class CheckOrderTests(ApiCase):
         self.assertEqual(answer.json(), {"echo": seen["uri"]})
 
     @inlineCallbacks
+    def test_plain_agent_path(self):
+        """
+        Without the direct path to the pool (a Twisted without the private
+        parts it uses), the relay goes through Agent.request and sends the
+        same request: path, query, key, Host, body.
+        """
+        relay = self.ets.site.resource.api.relay
+        self.assertIsNotNone(relay._endpoint, "the direct path is in use by default")
+        relay._endpoint = None
+        answer = yield self.call("POST", "/api/echo?q=1#frag", body=b'{"a":1}',
+                                 headers={"Content-Type": "application/json"})
+        self.assertEqual(answer.status, 200, answer.body)
+        [seen] = self.upstream.received
+        self.assertEqual(seen["uri"], "/api/echo?q=1&key=s3cr3t%26x")
+        self.assertEqual(seen["body"], b'{"a":1}')
+        self.assertEqual(seen["headers"]["host"], [self.ets.config.upstream_base_url.split("//")[1]])
+
+    @inlineCallbacks
     def test_post_body_relayed(self):
         """A POST body arrives at the upstream as sent."""
         answer = yield self.call("POST", "/api/echo", body=b'{"a":1}', headers={"Content-Type": "application/json"})

@@ -5,14 +5,16 @@ process.
 Both are sized for many live entries: no request scans the whole store.
 Expiry goes through a L{_Wheel} that files keys under whole-second deadlines
 and hands back only keys whose deadline has passed, a bounded number per
-call. Each entry costs its key, one dict slot and one list slot, plus one
-float per rate-limit key; C{bench/memory_per_entry.py} measures it at
-100 to 130 bytes per key.
+call. Each entry costs its key, one dict slot and its packed copy in the
+wheel, plus one float per rate-limit key; C{bench/memory_per_entry.py}
+measures it at 100 to 140 bytes per key. Nothing per key is an object the
+garbage collector tracks, so a large store does not slow collections.
 """
 
 from __future__ import annotations
 
 import heapq
+from array import array
 from math import ceil, floor
 from typing import Hashable
 
@@ -40,15 +42,68 @@ class _Slot:
     """
     The keys filed under one whole-second deadline.
 
-    Replay entries point at their slot instead of holding an expiry of their
-    own, so an expiry costs one shared int per second, not a float per key.
+    Replay entries map to their slot's C{deadline} (one int object shared
+    by every key of the slot) instead of an expiry of their own, so an
+    expiry costs one pointer per key, not a float.
+
+    The keys themselves are packed where they can be: 16-byte keys (the
+    replay digests) back to back in a C{bytearray}, ints that fit 64 bits
+    (the folded rate-limit keys) in an C{array}; anything else in a list.
+    Neither container holds Python objects, so the garbage collector never
+    walks them: with a million live keys a full collection would otherwise
+    visit a million list slots (and, had the replay dict held the slot
+    objects, a million dict values) every time it runs.
     """
 
-    __slots__ = ("deadline", "keys")
+    __slots__ = ("deadline", "packed", "ints", "others")
 
     def __init__(self, deadline: int) -> None:
         self.deadline = deadline
-        self.keys: list[Hashable] = []
+        self.packed: bytearray | None = None
+        self.ints: array[int] | None = None
+        self.others: list[Hashable] | None = None
+
+    def add(self, key: Hashable) -> None:
+        if type(key) is bytes and len(key) == _PACKED:
+            if self.packed is None:
+                self.packed = bytearray()
+            self.packed += key
+        elif type(key) is int and 0 <= key <= _MAX_PACKED_INT:
+            if self.ints is None:
+                self.ints = array("Q")
+            self.ints.append(key)
+        else:
+            if self.others is None:
+                self.others = []
+            self.others.append(key)
+
+    def pop(self) -> Hashable | None:
+        """One of the keys, taken out; None when there are none left."""
+        if self.others:
+            return self.others.pop()
+        if self.ints:
+            return self.ints.pop()
+        packed = self.packed
+        if packed:
+            key = bytes(packed[-_PACKED:])
+            del packed[-_PACKED:]
+            return key
+        return None
+
+    @property
+    def keys(self) -> list[Hashable]:
+        """Every key still filed here, in filing order within each kind."""
+        packed = self.packed or b""
+        return [
+            *(self.others or ()),
+            *(self.ints or ()),
+            *(bytes(packed[i : i + _PACKED]) for i in range(0, len(packed), _PACKED)),
+        ]
+
+
+# Keys packed by _Slot: bytes of this length, and ints of up to 64 bits.
+_PACKED = 16
+_MAX_PACKED_INT = (1 << 64) - 1
 
 
 class _Wheel:
@@ -75,7 +130,7 @@ class _Wheel:
         if slot is None:
             slot = self._slots[deadline] = _Slot(deadline)
             heapq.heappush(self._heap, deadline)
-        slot.keys.append(key)
+        slot.add(key)
         return slot
 
     def due(self, now: float, budget: int) -> list[tuple[Hashable, _Slot]]:
@@ -88,19 +143,23 @@ class _Wheel:
         found: list[tuple[Hashable, _Slot]] = []
         while len(found) < budget and self._heap and self._heap[0] <= now:
             slot = self._slots[self._heap[0]]
-            keys = slot.keys
-            while keys and len(found) < budget:
-                found.append((keys.pop(), slot))
-            if not keys:
-                heapq.heappop(self._heap)
-                del self._slots[slot.deadline]
+            while len(found) < budget:
+                key = slot.pop()
+                if key is None:
+                    heapq.heappop(self._heap)
+                    del self._slots[slot.deadline]
+                    break
+                found.append((key, slot))
         return found
 
 
 @implementer(IReplayCache)
 class MemoryReplayCache:
     """
-    A replay cache in a dict: key to the L{_Slot} of its expiry.
+    A replay cache in a dict: key to the deadline of its L{_Slot} (the
+    slot's own int object, shared by all its keys). Keys and values are
+    bytes and ints, so the dict holds nothing the garbage collector tracks
+    and a collection never walks it.
 
     A key is remembered for its ttl rounded up to the next whole second of
     the clock: at least the ttl, less than a second more.
@@ -113,7 +172,7 @@ class MemoryReplayCache:
         """
         self._clock = clock
         self._budget = drain_budget
-        self._entries: dict[bytes, _Slot] = {}
+        self._entries: dict[bytes, int] = {}
         self._wheel = _Wheel()
 
     def __len__(self) -> int:
@@ -125,11 +184,11 @@ class MemoryReplayCache:
     def insert(self, key: bytes, ttl: float) -> Deferred[bool]:
         now = self._clock.seconds()
         self._drain(now)
-        slot = self._entries.get(key)
+        deadline = self._entries.get(key)
         # An expired key not yet drained counts as new.
-        if slot is not None and slot.deadline > now:
+        if deadline is not None and deadline > now:
             return succeed(False)
-        self._entries[key] = self._wheel.file(key, now + ttl)
+        self._entries[key] = self._wheel.file(key, now + ttl).deadline
         return succeed(True)
 
     def _drain(self, now: float) -> None:
@@ -137,8 +196,8 @@ class MemoryReplayCache:
         for key, slot in self._wheel.due(now, self._budget):
             # A key inserted again after it expired is filed in a later slot
             # as well; only its latest filing may forget it.
-            if entries.get(key) is slot:
-                del entries[key]
+            if entries.get(key) == slot.deadline:
+                del entries[key]  # type: ignore[arg-type]
 
 
 @implementer(IRateLimiter)

@@ -67,7 +67,7 @@ class ApiRoute:
 
     async def _api(self, request: Request) -> bytes | None:
         config = self.config
-        forwarding = self._forwarding(request)
+        forwarding, url = self._forwarding(request)
         request.setHeader(b"x-request-id", forwarding.request_id)
         origin = self.admission.origin(request)
         if is_preflight(request):
@@ -90,7 +90,7 @@ class ApiRoute:
         proof = dpop.verify_proof(
             proof_text,
             method=request.method.decode("latin-1"),
-            url=public_url(request, config.public_base_url, config.trusted_proxies),
+            url=url,
             now=now,
             algs=config.dpop_algs,
             max_age=config.dpop_max_age_seconds,
@@ -113,7 +113,8 @@ class ApiRoute:
         await self.relay.relay(request, forwarding)
         return None
 
-    def _forwarding(self, request: Request) -> Forwarding:
+    def _forwarding(self, request: Request) -> tuple[Forwarding, str]:
+        """The forwarding headers, and the public URL (for C{htu} as well)."""
         config = self.config
         trusted = is_trusted_peer(request, config.trusted_proxies)
         chain = peer_ip(request)
@@ -130,4 +131,4 @@ class ApiRoute:
             proto=proto.encode("latin-1"),
             host=host.encode("latin-1"),
             request_id=request_id.encode("latin-1"),
-        )
+        ), url
