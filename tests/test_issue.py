@@ -280,10 +280,22 @@ class IssueChallengeTests(TestCase):
 
     @inlineCallbacks
     def test_failing_challenge(self):
-        """A refused challenge: 403 ets_failed and no token."""
+        """A refused challenge: 403 ets_failed, no token, and the key is not kept parsed."""
         ets = self.start(FAIL_SECRET)
         answer = yield ets.issue({"dpopPublicJwk": ProofSigner().public_jwk, "etsToken": "tok"})
         self.assertEqual((answer.status, answer.code), (403, "ets_failed"))
+        self.assertEqual(len(ets.site.resource.routes[b"/tvm/issue"].key_cache), 0)
+
+    @inlineCallbacks
+    def test_minted_key_kept_parsed(self):
+        """A key that got its token is kept parsed for its proofs to come."""
+        ets = self.start(PASS_SECRET)
+        signer = ProofSigner()
+        answer = yield ets.issue({"dpopPublicJwk": signer.public_jwk, "etsToken": "tok"})
+        self.assertEqual(answer.status, 200, answer.body)
+        cache = ets.site.resource.routes[b"/tvm/issue"].key_cache
+        self.assertEqual(len(cache), 1)
+        self.assertEqual(cache.get(signer.public_jwk, ["ES256"], remember=False).thumbprint, signer.thumbprint)
 
     @inlineCallbacks
     def test_missing_challenge(self):

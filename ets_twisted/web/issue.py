@@ -56,7 +56,7 @@ def single_proof(request: Request) -> str | None:
 def key_from_jwk(jwk: object, cache: jose.KeyCache, algs: tuple[str, ...]) -> jose.PublicKey:
     """Parse C{dpopPublicJwk}, mapping JWK problems to SPEC's 400 codes."""
     try:
-        # Not cached here: only a key that signed a proof is (see dpop).
+        # Not cached yet: only once the token is minted (see IssueRoute).
         return cache.get(jwk, algs, remember=False)
     except jose.JWKError as e:
         raise ETSError("unsupported_jwk" if e.unsupported else "invalid_jwk", str(e)) from None
@@ -88,8 +88,10 @@ class IssueRoute:
         now = self.now()
 
         jkt = None
+        body_key = None
         if "dpopPublicJwk" in body:
-            jkt = key_from_jwk(body["dpopPublicJwk"], self.key_cache, config.dpop_algs).thumbprint
+            body_key = key_from_jwk(body["dpopPublicJwk"], self.key_cache, config.dpop_algs)
+            jkt = body_key.thumbprint
         proof_text = single_proof(request)
         proof = None
         if proof_text is not None:
@@ -131,6 +133,11 @@ class IssueRoute:
             lifetime=config.token_lifetime_seconds, now=now,
         )
         metrics.tokens_issued.inc()
+        if body_key is not None:
+            # A key that got its token (origin, rate, challenge passed) is
+            # kept parsed: its proofs come next, and a client minting again
+            # with the same key skips the parse.
+            self.key_cache.remember(body["dpopPublicJwk"], body_key)
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"pragma", b"no-cache")
         return write_json(request, 200, {
