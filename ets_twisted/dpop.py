@@ -21,6 +21,7 @@ from typing import Collection
 import attr
 
 from ets_twisted.errors import ETSError
+from ets_twisted.memo import Memo
 from ets_twisted.jose import SUPPORTED_ALGS, JWKError, KeyCache, b64url_encode, split_compact_jws
 
 __all__ = [
@@ -156,12 +157,6 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(kept)
 
 
-#: How many normalised URIs L{normalize_htu} remembers: a client sends the
-#: same few URIs again and again, and ETS's own URL for a route repeats.
-_NORMALIZED_MAX = 4096
-_normalized: dict[str, str] = {}
-
-
 def normalize_htu(url: str) -> str:
     """
     Normalise an HTTP URI for the C{htu} comparison (RFC 9449 section 4.3,
@@ -179,17 +174,7 @@ def normalize_htu(url: str) -> str:
     @raise ValueError: when C{url} is not an absolute http(s) URI with a
         host, or holds user information, a bad port or a broken escape.
     """
-    try:
-        return _normalized[url]
-    except (KeyError, TypeError):
-        pass
-    normal = _normalize_htu(url)
-    if len(url) > 512:
-        return normal
-    if len(_normalized) >= _NORMALIZED_MAX:
-        _normalized.clear()
-    _normalized[url] = normal
-    return normal
+    return _normalized(url)
 
 
 def _normalize_htu(url: str) -> str:
@@ -362,26 +347,24 @@ def verify_proof(
     )
 
 
-_ATHS_MAX = 1024
-_aths: dict[str, str | None] = {}
-
-
 def _expected_ath(access_token: str) -> str | None:
     """
     The C{ath} a proof must carry, or L{None} when no proof can match
     (a non-ASCII access token, which no valid token is). Remembered for
     the last tokens seen: a token is sent with every call of its lifetime.
     """
+    return _aths(access_token)
+
+
+def _ath_of(access_token: str) -> str | None:
     try:
-        return _aths[access_token]
-    except KeyError:
-        pass
-    try:
-        ath: str | None = access_token_hash(access_token)
+        return access_token_hash(access_token)
     except UnicodeEncodeError:
-        ath = None
-    if len(_aths) >= _ATHS_MAX:
-        _aths.clear()
-    _aths[access_token] = ath
-    return ath
+        return None
+
+
+#: A client sends the same few URIs again and again; a token is sent with
+#: every call of its lifetime.
+_normalized: Memo[str, str] = Memo(_normalize_htu)
+_aths: Memo[str, str | None] = Memo(_ath_of, size=1024, max_length=8192)
 

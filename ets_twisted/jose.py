@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from .memo import Memo
+
 __all__ = [
     "SUPPORTED_ALGS",
     "MAX_JWS_LENGTH",
@@ -529,28 +531,17 @@ def _json_object(part: str, what: str) -> dict[str, Any]:
     return value
 
 
-#: Decoded JWS headers by their encoding. A client's proofs all carry the
-#: same header (typ, alg, its key), so it is decoded once; only headers up
-#: to this length are kept, at most _HEADERS_MAX of them.
-_HEADER_CACHE_LENGTH = 1024
-_HEADERS_MAX = 4096
-_headers: dict[str, dict[str, Any]] = {}
-
-
 def _decoded_header(encoded: str) -> dict[str, Any]:
     """
-    L{_json_object} of a JWS header, remembered. Callers get their own
-    (shallow) copy; the nested values, such as C{jwk}, are shared and must
-    be treated as read-only.
+    L{_json_object} of a JWS header, remembered: a client's proofs all carry
+    the same header (typ, alg, its key). Callers get their own (shallow)
+    copy; the nested values, such as C{jwk}, are shared and must be treated
+    as read-only.
     """
-    header = _headers.get(encoded)
-    if header is None:
-        header = _json_object(encoded, "header")
-        if len(encoded) <= _HEADER_CACHE_LENGTH:
-            if len(_headers) >= _HEADERS_MAX:
-                _headers.clear()
-            _headers[encoded] = header
-    return dict(header)
+    return dict(_headers(encoded))
+
+
+_headers: Memo[str, dict[str, Any]] = Memo(lambda encoded: _json_object(encoded, "header"), max_length=1024)
 
 
 def split_compact_jws(

@@ -16,6 +16,7 @@ import attr
 from twisted.web.server import Request
 
 from ..errors import ETSError
+from ..memo import Memo
 from ..stores import IRateLimiter, RateDecision, rate_key
 
 _EXPOSED = (
@@ -132,48 +133,16 @@ class Admission:
         return decision
 
 
-_rate_keys: dict[tuple[str, str, str], bytes] = {}
-
-
 def _rate_key(route_class: str, origin: str, ip: str) -> bytes:
     """
     L{rate_key}, remembered for the last few thousand clients (a digest
     per request otherwise; the origin is an allowlisted one by now).
     """
-    fields = (route_class, origin, ip)
-    key = _rate_keys.get(fields)
-    if key is None:
-        key = rate_key(route_class, origin, ip)
-        if len(_rate_keys) >= _PARSED_IPS_MAX:
-            _rate_keys.clear()
-        _rate_keys[fields] = key
-    return key
+    return _rate_keys((route_class, origin, ip))
 
 
 def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in networks)
-
-
-#: How many parsed addresses L{_parse_ip} remembers. Every request parses
-#: its peer's address several times (client IP, trusted-proxy checks,
-#: forwarding headers), and a handful of peers (a load balancer, a proxy)
-#: send most requests.
-_PARSED_IPS_MAX = 4096
-_parsed_ips: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {}
-
-
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return _parsed_ips[text]
-    except KeyError:
-        pass
-    address = _parse_ip_uncached(text)
-    if len(text) > 64:
-        return address
-    if len(_parsed_ips) >= _PARSED_IPS_MAX:
-        _parsed_ips.clear()
-    _parsed_ips[text] = address
-    return address
 
 
 def _parse_ip_uncached(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -190,24 +159,27 @@ def _parse_ip_uncached(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addre
     return address
 
 
-_peer_texts: dict[str, str] = {}
-
-
 def peer_ip(request: Request) -> str:
     """The socket peer's address as text (C{unix} for a UNIX socket)."""
     host = getattr(request.getClientAddress(), "host", None)
     if not host:
         return "unix"
-    try:
-        return _peer_texts[host]
-    except KeyError:
-        pass
+    return _peer_texts(host)
+
+
+def _peer_text(host: str) -> str:
     address = _parse_ip(host)
-    text = str(address) if address is not None else host
-    if len(_peer_texts) >= _PARSED_IPS_MAX:
-        _peer_texts.clear()
-    _peer_texts[host] = text
-    return text
+    return str(address) if address is not None else host
+
+
+#: Every request parses its peer's address several times (client IP,
+#: trusted-proxy checks, forwarding headers), and a handful of peers (a
+#: load balancer, a proxy) send most requests: parsed addresses, peer texts
+#: and rate-limit keys are remembered.
+_parse_ip: Memo[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = Memo(
+    _parse_ip_uncached, max_length=64)
+_peer_texts: Memo[str, str] = Memo(_peer_text, max_length=64)
+_rate_keys: Memo[tuple[str, str, str], bytes] = Memo(lambda fields: rate_key(*fields))
 
 
 def is_trusted_peer(request: Request, trusted: Sequence[IPNetwork]) -> bool:
