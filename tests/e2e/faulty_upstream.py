@@ -55,7 +55,10 @@ class FaultyUpstream:
         while True:
             head = b""
             while b"\r\n\r\n" not in head:
-                data = conn.recv(65536)
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return  # an idle kept-alive connection timed out, or was reset
                 if not data:
                     return
                 head += data

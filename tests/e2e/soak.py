@@ -53,6 +53,9 @@ EXPECTED: dict[str, list[tuple[int, str | None]]] = {
     "expired": [(401, "invalid_token")],
     "burst": [(200, None)] * 10 + [(429, "rate_limited")] * 5,
 }
+#: Tokens live 300 s (TOKEN_LIFETIME_SECONDS): a soak longer than that
+#: mints again, as the SDK does.
+TOKEN_REFRESH_SECONDS = 240.0
 KINDS = ["good"] * 5 + ["stream", "replay", "bad_signature", "expired", "burst"]
 #: Client addresses: calls cycle through these, so each stays well under
 #: its budget (60 a minute) and the live rate-limit keys level off; bursts
@@ -69,14 +72,14 @@ def sample(pid: int) -> tuple[int, int]:
 
 
 class Soak:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, refresh_seconds: float = TOKEN_REFRESH_SECONDS) -> None:
         self.daemon = daemon
+        self.refresh_seconds = refresh_seconds
+        self.mints = 0
         self.signer = ProofSigner()
         self.forger = ProofSigner()
-        status, _, body = daemon.json("POST", "/tvm/issue", {"dpopPublicJwk": self.signer.public_jwk},
-                                      {"Origin": ORIGIN, "X-Forwarded-For": "198.51.100.1"})
-        assert status == 200, body
-        self.token = body["accessToken"]
+        self._token = ""
+        self._minted_at = -float("inf")
         config = load({**ENV, "UPSTREAM_BASE_URL": "http://127.0.0.1:9"})
         self.expired, _ = tokens.mint(tokens.KeyRing.from_config(config), jkt=self.signer.thumbprint,
                                       issuer=config.token_issuer, lifetime=60, now=time.time() - 3600)
@@ -87,15 +90,26 @@ class Soak:
         self._bursters = itertools.cycle(BURSTERS)
         self._lock = threading.Lock()
 
+    def token(self) -> str:
+        """The current access token, minted again (as the SDK does) well before it expires."""
+        with self._lock:
+            if time.monotonic() - self._minted_at > self.refresh_seconds:
+                status, _, body = self.daemon.json(
+                    "POST", "/tvm/issue", {"dpopPublicJwk": self.signer.public_jwk},
+                    {"Origin": ORIGIN, "X-Forwarded-For": "198.51.100.1"})
+                assert status == 200, body
+                self._token, self._minted_at = body["accessToken"], time.monotonic()
+                self.mints += 1
+            return self._token
+
     def address(self, kind: str) -> str:
         with self._lock:
             return next(self._bursters if kind == "burst" else self._clients)
 
     def send(self, conn: http.client.HTTPConnection, mode: str, client: str, *,
-             token: str | None = None, signer: ProofSigner | None = None, proof: str | None = None,
+             token: str, signer: ProofSigner | None = None, proof: str | None = None,
              ) -> tuple[int, str | None, str]:
         path = f"/api/{mode}"
-        token = token or self.token
         if proof is None:
             proof = (signer or self.signer).sign("GET", self.daemon.base + path, iat=time.time(),
                                                  ath=ath_of(token))
@@ -113,21 +127,18 @@ class Soak:
     def one(self, conn: http.client.HTTPConnection, kind: str) -> list[tuple[int, str | None]]:
         """One call of C{kind} (several requests for replays and bursts)."""
         client = self.address(kind)
-        if kind == "good":
-            return [self.send(conn, "ok", client)[:2]]
-        if kind == "stream":
-            return [self.send(conn, "stream", client)[:2]]
+        token = self.expired if kind == "expired" else self.token()
         if kind == "replay":
-            status, code, proof = self.send(conn, "ok", client)
-            return [(status, code), self.send(conn, "ok", client, proof=proof)[:2]]
+            status, code, proof = self.send(conn, "ok", client, token=token)
+            return [(status, code), self.send(conn, "ok", client, token=token, proof=proof)[:2]]
         if kind == "bad_signature":
             header = self.signer.sign("GET", self.daemon.base + "/api/ok", iat=time.time()).split(".")[0]
             forged = self.forger.sign("GET", self.daemon.base + "/api/ok", iat=time.time(),
-                                      ath=ath_of(self.token)).split(".", 1)[1]
-            return [self.send(conn, "ok", client, proof=f"{header}.{forged}")[:2]]
-        if kind == "expired":
-            return [self.send(conn, "ok", client, token=self.expired)[:2]]
-        return [self.send(conn, "ok", client)[:2] for _ in EXPECTED["burst"]]
+                                      ath=ath_of(token)).split(".", 1)[1]
+            return [self.send(conn, "ok", client, token=token, proof=f"{header}.{forged}")[:2]]
+        mode = "stream" if kind == "stream" else "ok"
+        count = len(EXPECTED[kind])
+        return [self.send(conn, mode, client, token=token)[:2] for _ in range(count)]
 
     def client(self, deadline: float, offset: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=15)
@@ -162,6 +173,7 @@ class Soak:
             "requests": sum(self.answers.values()),
             "answers": {f"{s} {c or ''}".strip(): n for (s, c), n in sorted(self.answers.items(), key=str)},
             "wrong": len(self.wrong),
+            "tokens_minted": self.mints,
             "peak_rss_kib": max(r for _, r, _ in self.samples),
             "peak_fds": max(f for _, _, f in self.samples),
             "rss_kib_first_third_max": max(r for _, r, _ in first),

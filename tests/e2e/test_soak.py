@@ -20,11 +20,14 @@ class ShortSoakTests(SynchronousTestCase):
         self.addCleanup(upstream.close)
         daemon = start(upstream)
         self.addCleanup(daemon.stop)
-        soak = Soak(daemon)
+        # Minting again every 5 s exercises what a long soak does past the
+        # tokens' 300 s.
+        soak = Soak(daemon, refresh_seconds=5)
         soak.run(SECONDS, clients=4, every=0.5)
         report = soak.report()
         self.assertEqual(soak.wrong, [], report)
         self.assertGreater(report["requests"], 500, report)
+        self.assertGreaterEqual(report["tokens_minted"], 3, report)
         for kind in ("200", "401 replay", "401 bad_dpop_sig", "401 invalid_token", "429 rate_limited"):
             self.assertIn(kind, report["answers"], report)
         # Level: the last third of the run holds no more than the first
