@@ -180,6 +180,12 @@ class Soak:
             "rss_kib_last_third_max": max(r for _, r, _ in last),
             "fds_first_third_max": max(f for _, _, f in first),
             "fds_last_third_max": max(f for _, _, f in last),
+            # The level over the run: the largest RSS and descriptor count
+            # of each minute.
+            "rss_kib_by_minute": [max(r for t, r, _ in self.samples if int(t // 60) == m)
+                                  for m in sorted({int(t // 60) for t, _, _ in self.samples})],
+            "fds_by_minute": [max(f for t, _, f in self.samples if int(t // 60) == m)
+                              for m in sorted({int(t // 60) for t, _, _ in self.samples})],
         }
 
 
