@@ -16,14 +16,15 @@ from typing import Callable
 import attr
 from twisted.web.server import Request
 
-from .. import dpop, jose, observe, tokens
+from .. import jose, observe, tokens
 from ..config import Config
 from ..errors import ETSError
 from ..nonces import NonceSource
 from ..stores import IStore
+from . import proofs
 from .admission import Admission, header, is_preflight, is_trusted_peer, peer_ip, public_url
 from .answers import render_async, write_json
-from .issue import single_proof
+from .proofs import single_proof
 from .relay import Forwarding, Relay
 
 _AUTHORIZATION = re.compile(r"^(DPoP|Bearer) +([A-Za-z0-9\-._~+/]+=*)$", re.IGNORECASE)
@@ -87,17 +88,9 @@ class ApiRoute:
         proof_text = single_proof(request)
         if proof_text is None:
             raise ETSError("missing_dpop")
-        proof = dpop.verify_proof(
-            proof_text,
-            method=request.method.decode("latin-1"),
-            url=url,
-            now=now,
-            algs=config.dpop_algs,
-            max_age=config.dpop_max_age_seconds,
-            skew=config.dpop_clock_skew_seconds,
-            key_cache=self.key_cache,
-            access_token=token,
-            expected_jkt=access.jkt,
+        proof = proofs.verify(
+            proof_text, config, self.key_cache, method=request.method.decode("latin-1"),
+            url=url, now=now, access_token=token, expected_jkt=access.jkt,
             require_ath=config.require_ath,
         )
         if self.nonces is not None:
@@ -107,9 +100,7 @@ class ApiRoute:
                 # client's one stops being accepted.
                 request.setHeader(b"dpop-nonce", self.nonces.current().encode("ascii"))
                 request.setHeader(b"cache-control", b"no-store")
-        ttl = dpop.replay_ttl(proof.iat, now, config.dpop_max_age_seconds, config.dpop_clock_skew_seconds)
-        if not await self.store.replay.insert(dpop.replay_key(proof.jkt, proof.jti), ttl):
-            raise ETSError("replay")
+        await proofs.spend(proof, config, self.store, now)
         await self.relay.relay(request, forwarding)
         return None
 

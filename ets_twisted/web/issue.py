@@ -16,13 +16,15 @@ from typing import Any, Callable
 import attr
 from twisted.web.server import Request
 
-from .. import dpop, jose, observe, tokens
+from .. import jose, observe, tokens
 from ..challenge import ChallengeVerifier
 from ..config import Config
 from ..errors import ETSError
 from ..stores import IStore
+from . import proofs
 from .admission import Admission, client_ip, is_preflight, public_url
 from .answers import render_async, write_json
+from .proofs import single_proof
 
 #: SPEC: the issuance body is at most 8 KiB.
 MAX_ISSUE_BODY = 8192
@@ -37,20 +39,6 @@ def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ETSError("invalid_json", "the body is not a JSON object")
     return body
-
-
-def single_proof(request: Request) -> str | None:
-    """
-    The one C{DPoP} header of a request, None when there is none.
-
-    @raise ETSError: C{missing_dpop} when it is repeated or folded with commas.
-    """
-    values = request.requestHeaders.getRawHeaders(b"dpop")
-    if values is None:
-        return None
-    if len(values) != 1 or b"," in values[0]:
-        raise ETSError("missing_dpop", "exactly one DPoP header is required")
-    return values[0].decode("latin-1")
 
 
 def key_from_jwk(jwk: object, cache: jose.KeyCache, algs: tuple[str, ...]) -> jose.PublicKey:
@@ -95,16 +83,10 @@ class IssueRoute:
         proof_text = single_proof(request)
         proof = None
         if proof_text is not None:
-            proof = dpop.verify_proof(
-                proof_text,
-                method="POST",
+            proof = proofs.verify(
+                proof_text, config, self.key_cache, method="POST",
                 url=public_url(request, config.public_base_url, config.trusted_proxies),
-                now=now,
-                algs=config.dpop_algs,
-                max_age=config.dpop_max_age_seconds,
-                skew=config.dpop_clock_skew_seconds,
-                key_cache=self.key_cache,
-                expected_jkt=jkt,
+                now=now, expected_jkt=jkt,
             )
             jkt = proof.jkt
         if jkt is None:
@@ -122,11 +104,7 @@ class IssueRoute:
                 raise
             metrics.count_challenge(None)
         if proof is not None:
-            ttl = dpop.replay_ttl(
-                proof.iat, now, config.dpop_max_age_seconds, config.dpop_clock_skew_seconds
-            )
-            if not await self.store.replay.insert(dpop.replay_key(proof.jkt, proof.jti), ttl):
-                raise ETSError("replay")
+            await proofs.spend(proof, config, self.store, now)
 
         token, _ = tokens.mint(
             self.ring, jkt=jkt, issuer=config.token_issuer,
