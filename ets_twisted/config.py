@@ -487,22 +487,22 @@ def _issuer(text: str) -> str:
     return text
 
 
-def _expected_action(text: str) -> str:
-    if _SPACE_OR_CONTROL.search(text) or len(text) > 100:
-        raise ValueError(
-            "must be at most 100 characters without spaces or control characters, "
-            f"not {_shown(text)}"
-        )
-    return text
+def _word(limit: int) -> Callable[[str], str]:
+    """A parser of at most C{limit} characters without spaces or control characters."""
+
+    def parse(text: str) -> str:
+        if _SPACE_OR_CONTROL.search(text) or len(text) > limit:
+            raise ValueError(
+                f"must be at most {limit} characters without spaces or control characters, "
+                f"not {_shown(text)}"
+            )
+        return text
+
+    return parse
 
 
-def _key_prefix(text: str) -> str:
-    if _SPACE_OR_CONTROL.search(text) or len(text) > 64:
-        raise ValueError(
-            "must be at most 64 characters without spaces or control characters, "
-            f"not {_shown(text)}"
-        )
-    return text
+_expected_action = _word(100)
+_key_prefix = _word(64)
 
 
 def _log_format(text: str) -> str:
