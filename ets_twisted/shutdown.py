@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 import weakref
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -22,6 +22,16 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 log = Logger()
+
+
+def cannot_listen(reason: str) -> NoReturn:
+    """
+    Stop the start of a process that cannot bind C{LISTEN_ADDR}: one line
+    and a non-zero exit, as for bad configuration, rather than a process
+    that runs without listening.
+    """
+    sys.__stderr__.write(f"ets: cannot listen on LISTEN_ADDR: {reason}\n")
+    raise SystemExit(1)
 
 
 class Drain:
@@ -103,9 +113,7 @@ class GracefulShutdown(Service):
         try:
             self._listener.privilegedStartService()
         except (CannotListenError, OSError) as e:
-            # One line and a non-zero exit, as for bad configuration.
-            sys.__stderr__.write(f"ets: cannot listen on LISTEN_ADDR: {e}\n")
-            raise SystemExit(1)
+            cannot_listen(str(e))
 
     def startService(self) -> None:
         super().startService()

@@ -34,6 +34,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .shutdown import cannot_listen
+
 log = Logger()
 
 #: Environment variables the master sets for its workers (internal: not
@@ -147,9 +149,7 @@ class Master(Service):
         failures: list[Failure] = []
         d.addCallbacks(self._listening, failures.append)
         if failures:
-            # One line and a non-zero exit, as for bad configuration.
-            sys.__stderr__.write(f"ets: cannot listen on LISTEN_ADDR: {failures[0].getErrorMessage()}\n")
-            raise SystemExit(1)
+            cannot_listen(failures[0].getErrorMessage())
 
     def _listening(self, port: Any) -> None:
         # The master never accepts: every connection goes to a worker.

@@ -271,7 +271,7 @@ class Relay:
     @ivar secret: the percent-encoded C{UPSTREAM_SERVICE_SECRET}, or None.
     @ivar timeout: C{UPSTREAM_TIMEOUT_SECONDS}: for the headers, and for
         each silence between body chunks.
-    @ivar pool: the connection pool; the agent's when not given.
+    @ivar pool: the agent's connection pool.
 
     Every request goes to the same origin, so what C{Agent.request} works
     out per call (parsing the URL, building an endpoint, the pool key, the
@@ -284,16 +284,14 @@ class Relay:
     base: bytes
     secret: bytes | None = attr.ib(repr=False)
     timeout: float
-    pool: HTTPConnectionPool | None = None
+    pool: HTTPConnectionPool
 
     def __attrs_post_init__(self) -> None:
-        if self.pool is None:
-            self.pool = getattr(self.agent, "_pool", None)
         parsed = URI.fromBytes(self.base)
         self._parsed = parsed
         self._key = (parsed.scheme, parsed.host, parsed.port)
         get_endpoint = getattr(self.agent, "_getEndpoint", None)
-        direct = _DIRECT and get_endpoint is not None and self.pool is not None
+        direct = _DIRECT and get_endpoint is not None
         self._endpoint = get_endpoint(parsed) if direct else None
         host = parsed.host
         if isIPv6Address(host.decode("ascii")):
@@ -305,7 +303,7 @@ class Relay:
     def _send(self, method: bytes, path_and_query: bytes, headers: Headers,
               producer: IBodyProducer | None) -> Deferred[IResponse]:
         if self._endpoint is None:
-            # Not an Agent on a pool, or a Twisted without the private parts
+            # Not an Agent, or a Twisted without the private parts
             # used below: the plain way, slower by about a fifth.
             return self.agent.request(method, self.base + path_and_query, headers, producer)
         # What Agent.request checks (raising at once) before it sends anything.
@@ -316,7 +314,6 @@ class Relay:
             path_and_query = URI.fromBytes(self.base + path_and_query).originForm
         headers.setRawHeaders(b"host", [self._host])
         pool = self.pool
-        assert pool is not None
         parsed = self._parsed
         connected = pool.getConnection(self._key, self._endpoint)
 
