@@ -12,8 +12,10 @@ import sys
 import time
 
 from twisted.application.service import Application
+from twisted.logger import ILogObserver
 
 import ets_twisted.app as app
+from ets_twisted.logs import text_log_observer
 from ets_twisted.tap import Options, makeService
 
 PREFILL = int(os.environ.get("BENCH_PREFILL", "0"))
@@ -38,4 +40,6 @@ app.make_store = _prefilled_store
 options = Options()
 options.parseOptions([])
 application = Application("ets-bench")
+# The log writer `twistd -n ets` installs (twistd takes it from here for a .tac).
+application.setComponent(ILogObserver, text_log_observer())
 makeService(options).setServiceParent(application)

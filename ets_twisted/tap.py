@@ -39,11 +39,10 @@ class Options(usage.Options):
             for problem in e.problems:
                 sys.stderr.write(f"ets: configuration error: {problem}\n")
             raise SystemExit(2)
-        if self.config.log_format == "json":
-            from .observe import use_json_logs
+        from .logs import use_ets_logs
 
-            # twistd makes its log observer after parsing: set its --logger.
-            use_json_logs(getattr(self, "parent", None))
+        # twistd makes its log observer after parsing: set its --logger.
+        use_ets_logs(getattr(self, "parent", None), self.config.log_format)
 
 
 def makeService(options: Options) -> IService:

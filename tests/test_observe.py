@@ -19,7 +19,7 @@ from twisted.logger import LogLevel, Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from ets_twisted import observe
+from ets_twisted import logs, observe
 from ets_twisted.metrics import metrics_site
 from tests.support.proofs import ProofSigner, ath_of
 from tests.support.upstream import Upstream
@@ -158,7 +158,7 @@ class AccessLogTests(ObservedSiteCase):
         self.assertIsInstance(relayed["duration_ms"], float)
         self.assertEqual((missing["status"], missing["error"]), (401, "missing_bearer"))
         self.assertEqual(missing["request_id"], refused.header("x-request-id"))
-        everything = "".join(observe.event_as_json(e) for e in self.events)
+        everything = "".join(logs.event_as_json(e) for e in self.events)
         for secret in (token, proof, UPSTREAM_SECRET, "secret-query-value"):
             self.assertNotIn(secret, everything)
 
@@ -225,7 +225,7 @@ class FailingClientTests(ObservedSiteCase):
         warnings = [e for e in self.events if e.get("log_namespace") == "ets.security"]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
-        self.assertIn("127.0.0.1", observe.event_as_json(warnings[0]))
+        self.assertIn("127.0.0.1", logs.event_as_json(warnings[0]))
 
 
 class FailureWatchTests(SynchronousTestCase):
@@ -255,36 +255,3 @@ class FailureWatchTests(SynchronousTestCase):
         self.assertEqual(len(watch), 100)
 
 
-class JsonFormatTests(SynchronousTestCase):
-    def test_each_event_is_one_json_line(self):
-        """
-        The JSON observer writes one parseable object per event, with time,
-        level, namespace, message and the structured access fields; a
-        failure comes with its traceback inside the same line.
-        """
-        out = io.StringIO()
-        log = Logger(namespace="ets.test", observer=observe.json_log_observer(out))
-        log.info("hello {who}", who="world", ets={"status": 200, "path": "/x"})
-        try:
-            1 / 0
-        except ZeroDivisionError:
-            log.failure("oops")
-        lines = out.getvalue().splitlines()
-        self.assertEqual(len(lines), 2)
-        first, second = (json.loads(line) for line in lines)
-        self.assertEqual(first["message"], "hello world")
-        self.assertEqual((first["level"], first["namespace"]), ("info", "ets.test"))
-        self.assertEqual((first["status"], first["path"]), (200, "/x"))
-        self.assertRegex(first["time"], r"^\d{4}-\d\d-\d\dT")
-        self.assertEqual(second["level"], "critical")
-        self.assertIn("ZeroDivisionError", second["traceback"])
-
-    def test_twistd_logger_set_unless_given(self):
-        """LOG_FORMAT=json sets twistd's --logger, but an operator's own --logger wins."""
-        options: dict = {"logger": None}
-        observe.use_json_logs(options)
-        self.assertEqual(options["logger"], observe.JSON_LOGGER)
-        mine = {"logger": "my.observer"}
-        observe.use_json_logs(mine)
-        self.assertEqual(mine["logger"], "my.observer")
-        observe.use_json_logs(None)

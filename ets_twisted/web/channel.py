@@ -74,6 +74,14 @@ class GuardedChannel(HTTPChannel):
     _deadline: Any = None
     _receiving = False
     _lingering = False
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        # twisted.web asks for every request (a getsockname() call); a
+        # connection's own address does not change.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def refuse(self, answer: bytes) -> None:
         """

@@ -18,7 +18,7 @@ reading from the upstream (back-pressure) instead of filling memory.
 
 from __future__ import annotations
 
-import uuid
+import os
 from io import BytesIO
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -106,7 +106,7 @@ class Forwarding:
 
 
 def new_request_id() -> bytes:
-    return uuid.uuid4().hex.encode("ascii")
+    return os.urandom(16).hex().encode("ascii")
 
 
 def request_headers(request: Request, forwarding: Forwarding) -> Headers:
