@@ -197,6 +197,19 @@ class MintTests(TokenTestCase):
         )
         self.assertEqual(minted.claims, claims)
 
+    def test_same_bytes_as_pyjwt(self) -> None:
+        """
+        The hand-assembled token is byte for byte what pyjwt's encode makes
+        of the same claims (compact JSON, header members sorted), for
+        issuers that JSON quotes as they are and for ones it must escape.
+        """
+        for issuer in ["ets", "https://ets.example/a?b=c", 'say "hi"', "back\\slash",
+                       "tab\there", "caf\u00e9", "\u2603 snow", "del\x7f"]:
+            token, minted = mint(self.ring, jkt=JKT, issuer=issuer, lifetime=60, now=NOW)
+            expected = jwt.encode(minted.claims, KEY, algorithm="HS256",
+                                  headers={"kid": key_id(KEY), "typ": "JWT"}, sort_headers=True)
+            self.assertEqual(token, expected, issuer)
+
     def test_jti(self) -> None:
         """
         The jti carries at least 128 random bits: 22+ base64url characters,

@@ -30,7 +30,11 @@ def write_json(request: Request, status: int, body: dict[str, Any]) -> bytes:
     """
     if "error" in body:
         observe.note_error(request, str(body["error"]))
-    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return write_json_bytes(request, status, json.dumps(body, separators=(",", ":")).encode("utf-8"))
+
+
+def write_json_bytes(request: Request, status: int, data: bytes) -> bytes:
+    """L{write_json} of a body already encoded."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"content-length", b"%d" % (len(data),))
