@@ -33,7 +33,9 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from .metrics import Metrics
+from .web import headers
 from .web.admission import client_ip, header, is_trusted_peer
+from .web.headers import set_header
 
 access_log = Logger(namespace="ets.access")
 security_log = Logger(namespace="ets.security")
@@ -213,9 +215,6 @@ class Observer:
     def __attrs_post_init__(self) -> None:
         if self.watch is None:
             self.watch = FailureWatch(self.clock)
-        # (route, status) -> its child of the requests counter: labels()
-        # looks the child up under a lock on every call.
-        self._counters: dict[tuple[str, int], Any] = {}
 
     def begin(self, request: Request, route: str) -> None:
         """
@@ -233,7 +232,8 @@ class Observer:
             client_ip=client_ip(request, self.trusted_proxies),
         )
         setattr(request, _ATTRIBUTE, seen)
-        request.setHeader(b"x-request-id", seen.request_id.encode("ascii"))
+        # Hex digits, or a printable ASCII id from a trusted proxy.
+        set_header(request, headers.REQUEST_ID, seen.request_id.encode("ascii"))
         request.notifyFinish().addBoth(self._over, request, seen)
 
     def refused_early(self, request: Request, path: bytes, route: str) -> str:
@@ -264,12 +264,7 @@ class Observer:
 
     def _log(self, seen: _Seen, status: int) -> None:
         duration = max(0.0, self.clock.seconds() - seen.started)
-        counter = self._counters.get((seen.route, status))
-        if counter is None:
-            counter = self.metrics.requests.labels(route=seen.route, status=str(status))
-            if len(self._counters) < 1024:
-                self._counters[(seen.route, status)] = counter
-        counter.inc()
+        self.metrics.requests.inc(seen.route, str(status))
         fields = {
             "request_id": seen.request_id,
             "method": seen.method,

@@ -18,6 +18,8 @@ from twisted.web.server import Request
 from ..errors import ETSError
 from ..memo import Memo
 from ..stores import IRateLimiter, RateDecision, rate_key
+from . import headers
+from .headers import set_header
 
 _EXPOSED = (
     b"DPoP-Nonce, WWW-Authenticate, Retry-After, RateLimit-Limit, "
@@ -77,15 +79,16 @@ class Admission:
 
         @raise ETSError: C{origin_not_allowed}, with no CORS headers set.
         """
-        request.setHeader(b"vary", b"Origin")
+        set_header(request, headers.VARY, b"Origin")
         origins = request.requestHeaders.getRawHeaders(b"origin")
         if not origins or len(origins) != 1:
             raise ETSError("origin_not_allowed")
         origin = origins[0].decode("latin-1")
         if origin not in self.origins:
             raise ETSError("origin_not_allowed")
-        request.setHeader(b"access-control-allow-origin", origins[0])
-        request.setHeader(b"access-control-expose-headers", _EXPOSED)
+        # An allowlisted origin: text from the configuration, as received.
+        set_header(request, headers.ALLOW_ORIGIN, origins[0])
+        set_header(request, headers.EXPOSE_HEADERS, _EXPOSED)
         return origin
 
     def preflight(self, request: Request) -> bytes:
@@ -123,9 +126,9 @@ class Admission:
         decision = await self.limiter.take(
             _rate_key(self.route_class, origin, ip), self.rate_per_minute, self.burst
         )
-        request.setHeader(b"ratelimit-limit", b"%d" % (decision.limit,))
-        request.setHeader(b"ratelimit-remaining", b"%d" % (decision.remaining,))
-        request.setHeader(b"ratelimit-reset", b"%d" % (decision.reset,))
+        set_header(request, headers.RATELIMIT_LIMIT, b"%d" % (decision.limit,))
+        set_header(request, headers.RATELIMIT_REMAINING, b"%d" % (decision.remaining,))
+        set_header(request, headers.RATELIMIT_RESET, b"%d" % (decision.reset,))
         if not decision.allowed:
             raise ETSError(
                 "rate_limited", headers={"Retry-After": str(max(1, decision.retry_after))}

@@ -18,6 +18,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .. import observe
 from ..errors import ETSError
 from ..stores import StoreUnavailable
+from . import headers
+from .headers import set_header
 
 log = Logger()
 
@@ -36,8 +38,8 @@ def write_json(request: Request, status: int, body: dict[str, Any]) -> bytes:
 def write_json_bytes(request: Request, status: int, data: bytes) -> bytes:
     """L{write_json} of a body already encoded."""
     request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % (len(data),))
+    set_header(request, headers.CONTENT_TYPE, b"application/json")
+    set_header(request, headers.CONTENT_LENGTH, b"%d" % (len(data),))
     return body_for(request, data)
 
 

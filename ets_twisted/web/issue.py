@@ -21,9 +21,10 @@ from ..challenge import ChallengeVerifier
 from ..config import Config
 from ..errors import ETSError
 from ..stores import IStore
-from . import proofs
+from . import headers, proofs
 from .admission import Admission, client_ip, is_preflight, public_url
 from .answers import render_async, write_json_bytes
+from .headers import set_header
 from .proofs import single_proof
 
 #: SPEC: the issuance body is at most 8 KiB.
@@ -119,8 +120,8 @@ class IssueRoute:
             # kept parsed: its proofs come next, and a client minting again
             # with the same key skips the parse.
             self.key_cache.remember(body["dpopPublicJwk"], body_key)
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"pragma", b"no-cache")
+        set_header(request, headers.CACHE_CONTROL, b"no-store")
+        set_header(request, headers.PRAGMA, b"no-cache")
         # What json.dumps would write, without an encoder built per answer:
         # a token is base64url and dots, which JSON quotes as they are.
         return write_json_bytes(request, 200, _ISSUED % (
