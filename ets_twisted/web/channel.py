@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
 IDLE_TIMEOUT = 30.0
@@ -56,6 +57,23 @@ def closing_answer(status: bytes, body: dict[str, Any], headers: tuple[tuple[byt
         (b"Content-Length", b"%d" % len(data)),
     ))
     return b"HTTP/1.1 %s\r\n%s\r\n%s" % (status, head, data)
+
+
+def _sends_directly(transport: Any) -> bool:
+    """Whether answers may be sent straight to C{transport}'s socket: plain TCP (or UNIX), no TLS."""
+    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True)
+
+
+def _idle(transport: Any) -> bool:
+    """Whether C{transport} (a L{tcp.Connection}) is open for writing with nothing waiting in it."""
+    return (
+        transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    )
 
 
 _TIMEOUT_ANSWER = closing_answer(b"408 Request Timeout", {"error": "request_timeout"})
@@ -88,6 +106,10 @@ class GuardedChannel(HTTPChannel):
             self._host = super().getHost()
         return self._host
 
+    #: The output of an answer made while a read is processed, sent with one
+    #: send() once the answer is complete (None: not inside a read).
+    _held: list[bytes] | None = None
+
     def refuse(self, answer: bytes) -> None:
         """
         Write C{answer} (a whole answer from L{closing_answer}) and close
@@ -95,6 +117,7 @@ class GuardedChannel(HTTPChannel):
         """
         if self._lingering:
             return
+        self._release()
         self._lingering = True
         self._disarm()
         self._linger = self.callLater(self.linger_seconds, self.transport.abortConnection)
@@ -120,7 +143,73 @@ class GuardedChannel(HTTPChannel):
         if data and not self._receiving and not self._handlingRequest:
             self._receiving = True
             self._arm(self.headers_deadline)
-        super().dataReceived(data)
+        if not _sends_directly(self.transport):
+            super().dataReceived(data)
+            return
+        self._held = []
+        try:
+            super().dataReceived(data)
+        finally:
+            self._release()
+            self._held = None
+
+    # Answering. twisted.web hands what it writes to the transport, which
+    # keeps it and asks the reactor to say when the socket can take it:
+    # for a small answer made at once that is two epoll_ctl() calls and a
+    # trip round the reactor before the one send(), ~10% of such a request.
+    # An answer made while a read is processed is held here instead and,
+    # once complete (or when the read is done), sent with one send() when
+    # nothing else is waiting in the transport; what the socket does not
+    # take goes to the transport as usual. Answers written later (from the
+    # store, the upstream) take the transport's usual path.
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self._held is None:
+            super().writeHeaders(version, code, reason, headers)
+            return
+        held = self._held
+        held += (version, b" ", code, b" ", reason, b"\r\n")
+        # Headers, as twisted.web keeps them (names canonical, values checked).
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                held += (name, b": ", value, b"\r\n")
+        held.append(b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            super().write(data)
+        else:
+            self._held.append(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        if self._held is None:
+            super().writeSequence(iovec)
+        else:
+            self._held.extend(iovec)
+
+    def requestDone(self, request: Any) -> None:
+        # Its answer is complete: out before the next pipelined request is read.
+        self._release()
+        super().requestDone(request)
+
+    def _release(self) -> None:
+        held = self._held
+        if not held:
+            return
+        data = b"".join(held)
+        held.clear()
+        transport = self.transport
+        if _idle(transport):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                # Would block, or the connection failed: the transport's
+                # own writing retries and meets (and reports) the failure.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def lineReceived(self, line: bytes) -> None:
         # LineReceiver goes on with the lines it has buffered: not once refused.
