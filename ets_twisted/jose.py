@@ -29,7 +29,8 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attr
 from cryptography.exceptions import InvalidSignature
@@ -252,9 +253,12 @@ def _required_members(jwk: Mapping[str, Any]) -> tuple[str, ...]:
     names = _REQUIRED.get(kty)
     if names is None:
         raise JWKError("key type not supported", unsupported=True)
-    values = tuple(jwk.get(name) for name in names)
-    for name, value in zip(names, values):
+    # Every request with a key comes here (twice for an issuance): a list
+    # and a plain loop rather than generators.
+    values = tuple([jwk.get(name) for name in names])
+    for value in values:
         if not isinstance(value, str):
+            name = names[values.index(value)]
             raise JWKError(f"{name} missing or not a string")
     return values  # type: ignore[return-value]
 

@@ -23,16 +23,17 @@ Log lines go through C{twisted.logger}; L{ets_twisted.logs} writes them
 from __future__ import annotations
 
 import ipaddress
-import os
+import time
 from collections import OrderedDict
 from typing import Any, Sequence
 
 import attr
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from .metrics import Metrics
+from .randomness import random_bytes
 from .web import headers
 from .web.admission import client_ip, header, is_trusted_peer
 from .web.headers import set_header
@@ -68,7 +69,7 @@ _ATTRIBUTE = "_ets_observed"
 def new_request_id() -> str:
     """A fresh request id: 32 random hex digits."""
     # The bytes of a uuid4 without building a UUID object (a few µs a request).
-    return os.urandom(16).hex()
+    return random_bytes(16).hex()
 
 
 def incoming_request_id(request: Request, trusted: Sequence[Any]) -> str | None:
@@ -275,7 +276,19 @@ class Observer:
             "client_ip": seen.client_ip,
             "jkt": seen.jkt or "-",
         }
-        access_log.info("{ets_access_line}", ets_access_line=access_line(fields), ets=fields)
+        # The event Logger.info would make, handed to its observer directly:
+        # info() first checks the level against a list of every LogLevel
+        # built anew per call (~3 µs, more than the rest of the logging).
+        access_log.observer({
+            "ets_access_line": access_line(fields),
+            "ets": fields,
+            "log_logger": access_log,
+            "log_level": LogLevel.info,
+            "log_namespace": access_log.namespace,
+            "log_source": None,
+            "log_format": "{ets_access_line}",
+            "log_time": time.time(),
+        })
         if seen.error in SIGNATURE_FAILURES and self.watch is not None and self.watch.failed(seen.client_ip):
             security_log.warn(
                 "client {client_ip} failed {count} signature checks "

@@ -15,13 +15,13 @@ import hashlib
 import hmac
 import json
 import math
-import os
 from typing import TYPE_CHECKING, Any, Iterable
 
 import attr
 import jwt
 
 from ets_twisted.errors import ETSError
+from ets_twisted.randomness import random_bytes
 
 if TYPE_CHECKING:
     from ets_twisted.config import Config
@@ -186,7 +186,7 @@ def mint(
     if lifetime < 1:
         raise ValueError("lifetime must be at least 1 second")
     iat = int(math.floor(now))
-    jti = _b64(os.urandom(16)).decode("ascii")  # 128 bits, as secrets.token_urlsafe(16)
+    jti = _b64(random_bytes(16)).decode("ascii")  # 128 bits, as secrets.token_urlsafe(16)
     claims: dict[str, Any] = {
         "iss": issuer,
         "aud": AUDIENCE,

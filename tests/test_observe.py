@@ -15,7 +15,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, Logger, globalLogPublisher
+from twisted.logger import LogLevel, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -158,6 +158,15 @@ class AccessLogTests(ObservedSiteCase):
         self.assertIsInstance(relayed["duration_ms"], float)
         self.assertEqual((missing["status"], missing["error"]), (401, "missing_bearer"))
         self.assertEqual(missing["request_id"], refused.header("x-request-id"))
+        # The events are what Logger.info would have made of them.
+        event = next(e for e in self.events if e.get("log_namespace") == "ets.access")
+        made: list = []
+        Logger(namespace="ets.access", observer=made.append).info(
+            "{ets_access_line}", ets_access_line=event["ets_access_line"], ets=event["ets"])
+        self.assertLessEqual(set(made[0]), set(event))
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertLess(abs(event["log_time"] - time.time()), 60)
+        self.assertEqual(formatEvent(event), observe.access_line(issued))
         everything = "".join(logs.event_as_json(e) for e in self.events)
         for secret in (token, proof, UPSTREAM_SECRET, "secret-query-value"):
             self.assertNotIn(secret, everything)

@@ -18,7 +18,6 @@ reading from the upstream (back-pressure) instead of filling memory.
 
 from __future__ import annotations
 
-import os
 from io import BytesIO
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -49,6 +48,7 @@ try:
 except ImportError:  # pragma: no cover - a Twisted without them
     _DIRECT = False
 from ..errors import ETSError
+from ..randomness import random_bytes
 
 # RFC 9110 section 7.6.1 hop-by-hop headers, plus what ETS itself owns or
 # must not pass on (credentials, cookies, the Host of the upstream).
@@ -106,7 +106,7 @@ class Forwarding:
 
 
 def new_request_id() -> bytes:
-    return os.urandom(16).hex().encode("ascii")
+    return random_bytes(16).hex().encode("ascii")
 
 
 def request_headers(request: Request, forwarding: Forwarding) -> Headers:
