@@ -1,8 +1,8 @@
 # twistd -ny bench/passthrough.tac: the benchmark's in-run baseline, a
 # minimal pass-through proxy written the plain treq way: no checks at all,
 # treq.request() with treq's defaults (its global pool, its agent stack),
-# the answer streamed back with treq.collect(). Same twisted.web server and
-# twistd logging as ETS.
+# the answer streamed back with treq.collect(). Same twisted.web server as
+# ETS; its access lines go through twistd's default log observer.
 #
 #   PASSTHROUGH_LISTEN=tcp:8081:interface=127.0.0.1 UPSTREAM=http://127.0.0.1:8082
 import os

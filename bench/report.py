@@ -127,7 +127,7 @@ def render(results: dict[str, Any]) -> str:
       "`bench/notes.md`, which is appended at the end.\n")
     w("## How it was run\n")
     w("```sh")
-    w(f"make bench        # = BENCH_SECONDS={seconds:g} BENCH_REPEAT={repeat} .venv/bin/python bench/run.py")
+    w(f"make bench        # = BENCH_SECONDS={seconds:g} BENCH_REPEAT={repeat} .venv-bench/bin/python bench/run.py")
     w("```\n")
     w(f"- Each load case: `wrk -t2 -cN -d{seconds:g}s --timeout 5s`, {repeat} repetitions, "
       "medians reported. Within one repetition the cases run back to back, so each "
@@ -151,8 +151,13 @@ def render(results: dict[str, Any]) -> str:
     w("- The direct and pass-through cases send the same bytes (one proof, reused: "
       "nothing checks it there). The pass-through (`bench/passthrough.tac`) is the "
       "minimal proxy written the plain treq way: `treq.request()` with treq's defaults "
-      "and `treq.collect()` into the answer, no checks, the same twisted.web server and "
-      "twistd logging as ETS.")
+      "and `treq.collect()` into the answer, no checks, the same twisted.web server; its "
+      "access lines go through twistd's own text log observer, ETS's through its own "
+      "batched writer (`ets_twisted/logs.py`, what `twistd -n ets` installs).")
+    w("- The interpreter: `make bench` runs everything in `.venv-bench`, made from "
+      "`BENCH_PYTHON` (default: Debian's `/usr/bin/python3.11` when present, a production "
+      "build of CPython; else `python3`). The issuance case is also run with the "
+      "development venv's interpreter (`.venv`, whatever `python3` is) for comparison.")
     w("- A run with any non-2xx answer or socket error is reported as failed, not as throughput.")
     w("- The machine is shared: other work may run on it while the benchmark runs, "
       "which is why ratios within a repetition matter more than absolute figures.\n")
@@ -160,7 +165,7 @@ def render(results: dict[str, Any]) -> str:
     w("```")
     w(v["lscpu"])
     w(f"kernel {v['kernel']}")
-    w(f"Python {v['python']}, Twisted {v['twisted']}, treq {v['treq']}, cryptography {v['cryptography']}")
+    w(f"{v['python']}, Twisted {v['twisted']}, treq {v['treq']}, cryptography {v['cryptography']}")
     w(f"{v['nginx']}")
     w(f"{v['wrk']}")
     w("```\n")
@@ -206,7 +211,10 @@ def render(results: dict[str, Any]) -> str:
     if issue:
         w("## Issuance (`POST /tvm/issue`, 64 connections)\n")
         w(_HEAD.replace("req/s", "tokens/s"))
-        w(_row("POST /tvm/issue", issue["runs"]))
+        w(_row(f"POST /tvm/issue, {issue.get('python', v['python'])}", issue["runs"]))
+        compare = results.get("issue_compare")
+        if compare:
+            w(_row(f"POST /tvm/issue, {compare['python']}", compare["runs"]))
         w("")
         good = _ok(issue["runs"])
         rate = _median([r["rps"] for r in good])

@@ -8,6 +8,9 @@ Environment:
   BENCH_SECONDS  length of each wrk run (default 10)
   BENCH_REPEAT   repetitions of each load case; medians are reported (default 3)
   BENCH_PREFILLS comma-separated live replay entries to prefill (default 10000,100000,1000000)
+  BENCH_COMPARE_TWISTD  another interpreter's twistd (with ETS installed) whose issuance
+                 is measured too, next to this interpreter's (make bench passes the
+                 development venv's)
 
 Layout (two cores): ETS and the pass-through baseline pinned to core 0
 (C{taskset -c 0}); wrk, nginx (the upstream) and the streaming upstream on
@@ -195,7 +198,7 @@ class Bench:
         return port
 
     def start_ets(self, upstream: int, prefill: int = 0, name: str = "ets", cores: str = ETS_CORE,
-                  plugin: bool = False, **extra: str) -> tuple[int, subprocess.Popen]:
+                  plugin: bool = False, twistd: str = TWISTD, **extra: str) -> tuple[int, subprocess.Popen]:
         port = free_port()
         env = clean_env({
             "ORIGIN_ALLOWLIST": ORIGIN,
@@ -211,7 +214,7 @@ class Bench:
         # The plugin itself (twistd ets) where nothing is prefilled and the
         # daemon may start worker processes of its own.
         target = ["ets"] if plugin else ["-y", os.path.join(HERE, "ets_prefilled.tac")]
-        process = self.spawn(["taskset", "-c", cores, TWISTD, "-n", "--pidfile=", *target], name, env)
+        process = self.spawn(["taskset", "-c", cores, twistd, "-n", "--pidfile=", *target], name, env)
         wait_port(port, process, name)
         return port, process
 
@@ -319,9 +322,12 @@ class Bench:
         rss[0] = rss_kib(ets_process.pid)
         return {"runs": runs, "rss_kib": rss}
 
-    def issue_case(self) -> dict[str, Any]:
-        port, process = self.start_ets(self.start_nginx(), name="ets-issue")
+    def issue_case(self, twistd: str = TWISTD) -> dict[str, Any]:
+        # `twistd ets` itself: its log writer is the one an operator gets.
+        port, process = self.start_ets(self.start_nginx(), name=f"ets-issue-{len(self.processes)}",
+                                       plugin=True, twistd=twistd)
         url = f"http://127.0.0.1:{port}/tvm/issue"
+        python = interpreter(twistd)
         jwk = json.dumps(self.jwk, separators=(",", ":"))
         self.wrk(url, 16, 1, "issue.lua", jwk, ORIGIN)
         runs = []
@@ -332,9 +338,11 @@ class Bench:
             result["cpu_us_per_request"] = 1e6 * used / max(1, result["requests"])
             result["cpu_share"] = used / (result["duration_us"] / 1e6)
             result["failed"] = result["errors"] > 0
-            self.say(f"issue: {result['rps']:.0f} tokens/s p99 {result['p99_ms']:.2f} ms errors {result['errors']}")
+            self.say(f"issue ({python}): {result['rps']:.0f} tokens/s p99 {result['p99_ms']:.2f} ms "
+                     f"errors {result['errors']} cpu {result['cpu_us_per_request']:.0f} us/token")
             runs.append(result)
-        return {"runs": runs}
+        self.stop(process)
+        return {"runs": runs, "python": python}
 
     def scale_case(self) -> dict[str, Any]:
         """
@@ -539,6 +547,24 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": ordered[-1]}
 
 
+def interpreter(twistd: str) -> str:
+    """
+    The Python that runs C{twistd} (a venv's script): version, path, and
+    whether it is linked to a shared libpython (slower: position-independent
+    interpreter code) or is one static binary.
+    """
+    python = os.path.join(os.path.dirname(twistd), "python")
+    code = ("import os, sys; maps = open('/proc/self/maps').read(); "
+            "print(sys.version.split()[0], os.path.realpath(sys.executable), "
+            "'shared libpython' if 'libpython' in maps else 'static')")
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
+        version, path, linked = done.stdout.split(" ", 2)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return "?"
+    return f"CPython {version} ({path}, {linked.strip()})"
+
+
 def versions() -> dict[str, str]:
     import cryptography
     import treq
@@ -556,7 +582,7 @@ def versions() -> dict[str, str]:
     return {
         "lscpu": "\n".join(line for line in lscpu.splitlines() if line.split(":")[0].strip() in wanted),
         "kernel": platform.release(),
-        "python": sys.version.split()[0] + " (" + platform.python_implementation() + ")",
+        "python": interpreter(TWISTD),
         "twisted": twisted.__version__,
         "treq": treq.__version__,
         "cryptography": cryptography.__version__,
@@ -585,6 +611,9 @@ def main() -> None:
             results["relay"] = bench.relay_cases(prefills)
         if "issue" in only:
             results["issue"] = bench.issue_case()
+            other = os.environ.get("BENCH_COMPARE_TWISTD")
+            if other and os.path.exists(other) and os.path.realpath(other) != os.path.realpath(TWISTD):
+                results["issue_compare"] = bench.issue_case(other)
         if "sse" in only:
             results["sse"] = bench.sse_case()
         if "big" in only:

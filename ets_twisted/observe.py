@@ -28,6 +28,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import attr
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -217,12 +218,13 @@ class Observer:
         if self.watch is None:
             self.watch = FailureWatch(self.clock)
 
-    def begin(self, request: Request, route: str) -> None:
+    def begin(self, request: Request, route: str, finished: Deferred[None] | None = None) -> None:
         """
         Give C{request} its id (set as the answer's C{X-Request-Id}) and
         log and count it once it is over.
 
         @param route: the route label (a configured route, never the raw path).
+        @param finished: its C{notifyFinish()} when the caller has one already.
         """
         seen = _Seen(
             request_id=request_id(request, self.trusted_proxies),
@@ -235,7 +237,7 @@ class Observer:
         setattr(request, _ATTRIBUTE, seen)
         # Hex digits, or a printable ASCII id from a trusted proxy.
         set_header(request, headers.REQUEST_ID, seen.request_id.encode("ascii"))
-        request.notifyFinish().addBoth(self._over, request, seen)
+        (request.notifyFinish() if finished is None else finished).addBoth(self._over, request, seen)
 
     def refused_early(self, request: Request, path: bytes, route: str) -> str:
         """

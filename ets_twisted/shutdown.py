@@ -48,11 +48,16 @@ class Drain:
         # The connections that carried a request, closed after the drain.
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def track(self, request: Request) -> None:
-        """Count C{request} until it is finished or its client goes away."""
+    def track(self, request: Request, finished: Deferred[None] | None = None) -> None:
+        """
+        Count C{request} until it is finished or its client goes away.
+
+        @param finished: its C{notifyFinish()} when the caller has one
+            already (one Deferred per request rather than two).
+        """
         self.active += 1
         self._channels.add(request.channel)
-        request.notifyFinish().addBoth(self._finished)
+        (request.notifyFinish() if finished is None else finished).addBoth(self._finished)
 
     def _finished(self, _: object) -> None:
         self.active -= 1

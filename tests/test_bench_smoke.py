@@ -72,3 +72,16 @@ class BenchSmokeTests(SynchronousTestCase):
                            "proofs.lua", outdir, token, self.run_module.ORIGIN, "POST")
         self.assertTrue(result["failed"], result)
         self.assertGreater(result["status_errors"], 0)
+
+    def test_issuance_case(self) -> None:
+        """The issuance case runs `twistd ets` under load, and both of its rows render."""
+        bench = self.run_module.Bench(seconds=1, repeat=1)
+        self.addCleanup(bench.close)
+        issue = bench.issue_case()
+        [run] = issue["runs"]
+        self.assertGreater(run["requests"], 0)
+        self.assertEqual(run["errors"], 0, run)
+        self.assertRegex(issue["python"], r"^CPython 3\.\d+\.\d+ \(/.+, (static|shared libpython)\)$")
+        text = self.report.render({"seconds": 1, "repeat": 1, "versions": self.run_module.versions(),
+                                   "issue": issue, "issue_compare": issue})
+        self.assertEqual(text.count(f"| POST /tvm/issue, {issue['python']} |"), 2)

@@ -17,7 +17,7 @@ from twisted.web.client import HTTPConnectionPool
 from ets_twisted.app import build_site
 from ets_twisted.config import load
 from ets_twisted.stores.memory import MemoryStore
-from ets_twisted.web.channel import BODY_DEADLINE, HEADERS_DEADLINE
+from ets_twisted.web.channel import BODY_DEADLINE, HEADERS_DEADLINE, IDLE_TIMEOUT
 from tests.support.web import BASE_ENV
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: ets.example\r\n\r\n"
@@ -98,3 +98,17 @@ class DeadlineTests(SynchronousTestCase):
         self.reactor.advance(HEADERS_DEADLINE + 1)
         self.assertEqual(self.answers(), [b"HTTP/1.1 200 OK"])
         self.assertFalse(self.transport.disconnecting)
+
+    def test_idle_timeout(self):
+        """
+        IDLE_TIMEOUT without a byte after an answer closes the connection;
+        each request starts the count again.
+        """
+        self.channel.dataReceived(HEALTH)
+        self.reactor.advance(IDLE_TIMEOUT - 1)
+        self.channel.dataReceived(HEALTH)
+        self.reactor.advance(IDLE_TIMEOUT - 1)
+        self.assertEqual(len(self.answers()), 2)
+        self.assertFalse(self.transport.disconnecting)
+        self.reactor.advance(1.5)
+        self.assertTrue(self.transport.disconnecting)

@@ -59,6 +59,64 @@ def closing_answer(status: bytes, body: dict[str, Any], headers: tuple[tuple[byt
     return b"HTTP/1.1 %s\r\n%s\r\n%s" % (status, head, data)
 
 
+class Deadline:
+    """
+    A moment by which something must happen, moved often and cheaply.
+
+    A keep-alive connection sets and clears several deadlines per request
+    (header, body, idle): a new reactor timer each time, scheduled and
+    cancelled, cost ~5% of a small request. Here one timer stays due at or
+    before the deadline: moving the deadline later (the usual case) only
+    changes a number, and a timer that fires early goes on to the deadline
+    then in force. C{expired} is called once the deadline passes while set.
+
+    @param owner: gives C{callLater} (a protocol's, so tests can drive time).
+    """
+
+    def __init__(self, owner: Any, expired: Any) -> None:
+        self._owner = owner
+        self._expired = expired
+        self._at: float | None = None
+        self._timer: Any = None
+
+    @property
+    def armed(self) -> bool:
+        return self._at is not None
+
+    def arm(self, seconds: float) -> None:
+        """The deadline is now C{seconds} from now."""
+        timer = self._timer
+        if timer is None or not timer.active():
+            self._timer = timer = self._owner.callLater(seconds, self._check)
+            self._at = timer.getTime()
+            return
+        self._at = timer.seconds() + seconds
+        if self._at < timer.getTime():
+            timer.reset(seconds)
+
+    def disarm(self) -> None:
+        """No deadline (the timer, if any, finds nothing to do)."""
+        self._at = None
+
+    def cancel(self) -> None:
+        """No deadline and no timer: the connection is gone."""
+        self._at = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _check(self) -> None:
+        timer, self._timer = self._timer, None
+        if self._at is None:
+            return
+        remaining = self._at - timer.seconds()
+        if remaining > 0:
+            self._timer = self._owner.callLater(remaining, self._check)
+        else:
+            self._at = None
+            self._expired()
+
+
 def _sends_directly(transport: Any) -> bool:
     """Whether answers may be sent straight to C{transport}'s socket: plain TCP (or UNIX), no TLS."""
     return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", True)
@@ -89,12 +147,13 @@ class GuardedChannel(HTTPChannel):
     headers_deadline = HEADERS_DEADLINE
     body_deadline = BODY_DEADLINE
     linger_seconds = LINGER_SECONDS
-    #: When the request being received misses its deadline (None: no request
-    #: is being received).
-    _deadline_at: float | None = None
-    #: The one timer watching it, due at or before it (see L{_arm}).
-    _timer: Any = None
     _linger: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._request_deadline = Deadline(self, self._request_late)
+        # Through a lambda: tests replace timeoutConnection on the instance.
+        self._idle_deadline = Deadline(self, lambda: self.timeoutConnection())
+        super().__init__(*args, **kwargs)
     _receiving = False
     _lingering = False
     _host: Any = None
@@ -230,40 +289,36 @@ class GuardedChannel(HTTPChannel):
         super().allContentReceived()
 
     def connectionLost(self, reason: Any) -> None:
-        self._disarm()
-        for timer in (self._timer, self._linger):
-            if timer is not None and timer.active():
-                timer.cancel()
+        self._request_deadline.cancel()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         super().connectionLost(reason)
+        self._idle_deadline.cancel()
 
     def _arm(self, seconds: float) -> None:
-        """
-        The request must be in within C{seconds}. A keep-alive connection
-        arms and disarms two deadlines per request: rather than a new timer
-        each time (scheduling and cancelling were ~4% of a small request),
-        one timer stays due at or before the deadline, which is usually only
-        a number moved later; when the timer fires early it goes on to the
-        deadline then in force.
-        """
-        timer = self._timer
-        if timer is None or not timer.active():
-            self._timer = timer = self.callLater(seconds, self._check_deadline)
-            self._deadline_at = timer.getTime()
-            return
-        self._deadline_at = timer.seconds() + seconds
-        if self._deadline_at < timer.getTime():
-            timer.reset(seconds)
+        """The request being received must be in within C{seconds}."""
+        self._request_deadline.arm(seconds)
 
     def _disarm(self) -> None:
-        self._deadline_at = None
+        self._request_deadline.disarm()
 
-    def _check_deadline(self) -> None:
-        timer, self._timer = self._timer, None
-        if self._deadline_at is None:
-            return
-        remaining = self._deadline_at - timer.seconds()
-        if remaining > 0:
-            self._timer = self.callLater(remaining, self._check_deadline)
+    def _request_late(self) -> None:
+        self.refuse(_TIMEOUT_ANSWER)
+
+    # twisted.web's idle timeout (TimeoutMixin) is switched off for every
+    # answer and on again after it, a new timer each time: it runs on a
+    # Deadline too, with TimeoutMixin's meaning.
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous, self.timeOut = self.timeOut, period
+        if period is None:
+            self._idle_deadline.disarm()
         else:
-            self._disarm()
-            self.refuse(_TIMEOUT_ANSWER)
+            self._idle_deadline.arm(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        # As TimeoutMixin: only a running timeout starts again.
+        if self.timeOut is not None and self._idle_deadline.armed:
+            self._idle_deadline.arm(self.timeOut)
+

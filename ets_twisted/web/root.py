@@ -63,7 +63,6 @@ class Root(Resource):
         return None
 
     def render(self, request: Request) -> object:
-        self.drain.track(request)
         route = self.route_for(request.path)
         if route is None:
             return write_json(request, 404, {"error": "not_found"})
@@ -154,9 +153,13 @@ class ETSSite(Site):
         self.observer = observer if observer is not None else Observer(Metrics(), self.reactor)
 
     def getResourceFor(self, request: Request) -> Resource:
-        # Every processed request passes here first: it gets its id, and its
-        # access line and metrics once it is over (see observe).
-        self.observer.begin(request, self.route_label(request.path))
+        # Every processed request passes here first: it gets its id, its
+        # access line and metrics once it is over (see observe), and it is
+        # counted in flight for the graceful drain. Both wait on the same
+        # notifyFinish() Deferred (the observer's callback passes None on).
+        finished = request.notifyFinish()
+        self.observer.begin(request, self.route_label(request.path), finished)
+        self._root.drain.track(request, finished)
         return super().getResourceFor(request)
 
     def route_label(self, path: bytes) -> str:
