@@ -8,16 +8,20 @@ every keep-alive request after it (one timer is reused across requests).
 from __future__ import annotations
 
 import re
+import time
+from email.utils import parsedate_to_datetime
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http import datetimeToString
 
 from ets_twisted.app import build_site
 from ets_twisted.config import load
 from ets_twisted.stores.memory import MemoryStore
 from ets_twisted.web.channel import BODY_DEADLINE, HEADERS_DEADLINE, IDLE_TIMEOUT
+from ets_twisted.web.root import http_date
 from tests.support.web import BASE_ENV
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: ets.example\r\n\r\n"
@@ -25,7 +29,9 @@ ISSUE_HEAD = (b"POST /tvm/issue HTTP/1.1\r\nHost: ets.example\r\n"
               b"Content-Type: application/json\r\nContent-Length: 20\r\n\r\n")
 
 
-class DeadlineTests(SynchronousTestCase):
+class ChannelCase(SynchronousTestCase):
+    """A GuardedChannel of ETS's site on a StringTransport and a Clock."""
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1_800_000_000)
@@ -45,6 +51,8 @@ class DeadlineTests(SynchronousTestCase):
     def timed_out(self) -> bool:
         return self.answers()[-1:] == [b"HTTP/1.1 408 Request Timeout"]
 
+
+class DeadlineTests(ChannelCase):
     def test_headers_deadline(self):
         """Headers not complete HEADERS_DEADLINE after the first byte: 408."""
         self.channel.dataReceived(b"GET /health HTTP/1.1\r\n")
@@ -112,3 +120,18 @@ class DeadlineTests(SynchronousTestCase):
         self.assertFalse(self.transport.disconnecting)
         self.reactor.advance(1.5)
         self.assertTrue(self.transport.disconnecting)
+
+
+class DefaultHeadersTests(ChannelCase):
+    def test_server_and_date(self):
+        """Every answer carries twisted.web's Server header and the current Date."""
+        self.channel.dataReceived(HEALTH)
+        head = self.transport.value().split(b"\r\n\r\n")[0].decode()
+        self.assertIn("\r\nServer: TwistedWeb/", head)
+        date = re.search(r"\r\nDate: ([^\r]+)", head).group(1)
+        self.assertLess(abs(parsedate_to_datetime(date).timestamp() - time.time()), 5)
+
+    def test_date_follows_the_second(self):
+        self.assertEqual(http_date(1_800_000_000.9), datetimeToString(1_800_000_000))
+        self.assertEqual(http_date(1_800_000_001.0), datetimeToString(1_800_000_001))
+        self.assertEqual(http_date(1_800_000_000.1), datetimeToString(1_800_000_000))

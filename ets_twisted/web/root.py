@@ -7,17 +7,23 @@ C{API_PATH} prefix, and a JSON 404 for everything else.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Protocol
 
 import attr
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString, unquote
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from twisted.web.server import version as server_version
 
 from ..metrics import Metrics
 from ..observe import Observer
 from ..shutdown import Drain
+from . import headers
 from .answers import write_json
 from .channel import IDLE_TIMEOUT, GuardedChannel, closing_answer
+from .headers import set_header
 from .issue import MAX_ISSUE_BODY
 
 
@@ -69,6 +75,17 @@ class Root(Resource):
         return route.render(request)
 
 
+_last_date: list = [None, b""]
+
+
+def http_date(now: float) -> bytes:
+    """The C{Date} header's text for C{now} (formatted once per second)."""
+    second = int(now)
+    if second != _last_date[0]:
+        _last_date[0], _last_date[1] = second, datetimeToString(second)
+    return _last_date[1]
+
+
 class CappedRequest(Request):
     """
     A request that refuses an oversized body while it arrives.
@@ -83,6 +100,24 @@ class CappedRequest(Request):
     _refused = False
     _received = 0
     _cap = 0
+
+    def process(self) -> None:
+        # twisted.web's Request.process, with the Date header formatted once
+        # a second rather than per request and the two default headers set
+        # without setHeader's re-encoding. The tree is ETS's Root, a leaf
+        # that encodes nothing, so twisted.web's encoder lookup is left out.
+        self.site = self.channel.site
+        set_header(self, headers.SERVER, server_version)
+        set_header(self, headers.DATE, http_date(time.time()))
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            self.render(self.site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def gotLength(self, length: int | None) -> None:
         site: ETSSite = self.channel.site
