@@ -215,6 +215,12 @@ def render(results: dict[str, Any]) -> str:
         compare = results.get("issue_compare")
         if compare:
             w(_row(f"POST /tvm/issue, {compare['python']}", compare["runs"]))
+            ratios = [a["cpu_us_per_request"] / b["cpu_us_per_request"]
+                      for a, b in zip(compare["runs"], issue["runs"]) if not (a["failed"] or b["failed"])]
+            if ratios:
+                w(f"\nServer CPU per token, the second interpreter's over the first's, per repetition "
+                  f"(the two daemons take turns, a few seconds apart): "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)}; median {_median(ratios):.2f}.")
         w("")
         good = _ok(issue["runs"])
         rate = _median([r["rps"] for r in good])

@@ -322,27 +322,36 @@ class Bench:
         rss[0] = rss_kib(ets_process.pid)
         return {"runs": runs, "rss_kib": rss}
 
-    def issue_case(self, twistd: str = TWISTD) -> dict[str, Any]:
-        # `twistd ets` itself: its log writer is the one an operator gets.
-        port, process = self.start_ets(self.start_nginx(), name=f"ets-issue-{len(self.processes)}",
-                                       plugin=True, twistd=twistd)
-        url = f"http://127.0.0.1:{port}/tvm/issue"
-        python = interpreter(twistd)
+    def issue_case(self, *twistds: str) -> list[dict[str, Any]]:
+        """
+        Issuance on each of C{twistds} (default: this interpreter's): one
+        daemon each, all pinned to the same core and loaded one at a time,
+        taking turns within each repetition so that each ratio between them
+        compares runs a few seconds apart.
+        """
+        nginx = self.start_nginx()
         jwk = json.dumps(self.jwk, separators=(",", ":"))
-        self.wrk(url, 16, 1, "issue.lua", jwk, ORIGIN)
-        runs = []
+        daemons = []
+        for twistd in twistds or (TWISTD,):
+            # `twistd ets` itself: its log writer is the one an operator gets.
+            port, process = self.start_ets(nginx, name=f"ets-issue-{len(self.processes)}",
+                                           plugin=True, twistd=twistd)
+            self.wrk(f"http://127.0.0.1:{port}/tvm/issue", 16, 1, "issue.lua", jwk, ORIGIN)
+            daemons.append((port, process, {"runs": [], "python": interpreter(twistd)}))
         for r in range(self.repeat):
-            before = cpu_seconds(process.pid)
-            result = self.wrk(url, 64, self.seconds, "issue.lua", jwk, ORIGIN)
-            used = cpu_seconds(process.pid) - before
-            result["cpu_us_per_request"] = 1e6 * used / max(1, result["requests"])
-            result["cpu_share"] = used / (result["duration_us"] / 1e6)
-            result["failed"] = result["errors"] > 0
-            self.say(f"issue ({python}): {result['rps']:.0f} tokens/s p99 {result['p99_ms']:.2f} ms "
-                     f"errors {result['errors']} cpu {result['cpu_us_per_request']:.0f} us/token")
-            runs.append(result)
-        self.stop(process)
-        return {"runs": runs, "python": python}
+            for port, process, case in daemons:
+                before = cpu_seconds(process.pid)
+                result = self.wrk(f"http://127.0.0.1:{port}/tvm/issue", 64, self.seconds, "issue.lua", jwk, ORIGIN)
+                used = cpu_seconds(process.pid) - before
+                result["cpu_us_per_request"] = 1e6 * used / max(1, result["requests"])
+                result["cpu_share"] = used / (result["duration_us"] / 1e6)
+                result["failed"] = result["errors"] > 0
+                self.say(f"issue ({case['python']}): {result['rps']:.0f} tokens/s p99 {result['p99_ms']:.2f} ms "
+                         f"errors {result['errors']} cpu {result['cpu_us_per_request']:.0f} us/token")
+                case["runs"].append(result)
+        for _, process, _ in daemons:
+            self.stop(process)
+        return [case for _, _, case in daemons]
 
     def scale_case(self) -> dict[str, Any]:
         """
@@ -610,10 +619,11 @@ def main() -> None:
         if "relay" in only:
             results["relay"] = bench.relay_cases(prefills)
         if "issue" in only:
-            results["issue"] = bench.issue_case()
             other = os.environ.get("BENCH_COMPARE_TWISTD")
             if other and os.path.exists(other) and os.path.realpath(other) != os.path.realpath(TWISTD):
-                results["issue_compare"] = bench.issue_case(other)
+                results["issue"], results["issue_compare"] = bench.issue_case(TWISTD, other)
+            else:
+                [results["issue"]] = bench.issue_case()
         if "sse" in only:
             results["sse"] = bench.sse_case()
         if "big" in only:
