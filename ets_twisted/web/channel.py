@@ -158,12 +158,19 @@ class GuardedChannel(HTTPChannel):
     _lingering = False
     _host: Any = None
 
+    _peer: Any = None
+
     def getHost(self) -> Any:
         # twisted.web asks for every request (a getsockname() call); a
-        # connection's own address does not change.
+        # connection's addresses do not change.
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     #: The output of an answer made while a read is processed, sent with one
     #: send() once the answer is complete (None: not inside a read).
