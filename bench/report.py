@@ -112,6 +112,14 @@ def _before_after(results: dict[str, Any]) -> list[str]:
              "| figure (medians) | before | after |", "|---|---:|---:|"]
     for name in before:
         lines.append(f"| {name} | {before[name]} | {after.get(name, '—')} |")
+    lines.append(f"\nInterpreters: before, CPython {before_results['versions']['python']}; "
+                 f"after, {results['versions']['python']}.")
+    compare = _ok(results.get("issue_compare", {}).get("runs", []))
+    if compare:
+        lines.append(
+            f"The after build's issuance on {results['issue_compare']['python']}: "
+            f"{_median([r['rps'] for r in compare]):,.0f} tokens/s "
+            f"({_median([r['cpu_us_per_request'] for r in compare]):,.0f} µs/token).")
     lines.append("\nAbsolute figures of two runs move with the load of the shared machine; "
                  "the ratios are the comparable ones.\n")
     return lines
