@@ -112,7 +112,7 @@ def _before_after(results: dict[str, Any]) -> list[str]:
              "| figure (medians) | before | after |", "|---|---:|---:|"]
     for name in before:
         lines.append(f"| {name} | {before[name]} | {after.get(name, '—')} |")
-    lines.append(f"\nInterpreters: before, CPython {before_results['versions']['python']}; "
+    lines.append(f"\nInterpreters: before, Python {before_results['versions']['python']}; "
                  f"after, {results['versions']['python']}.")
     compare = _ok(results.get("issue_compare", {}).get("runs", []))
     if compare:
