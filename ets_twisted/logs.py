@@ -36,6 +36,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .memo import PerSecond
+
 #: The longest batch, in lines, before it is written anyway.
 MAX_BATCH = 512
 #: Levels whose lines are written at once, with what came before them.
@@ -72,12 +74,17 @@ def event_as_json(event: dict[str, Any]) -> str:
     return json.dumps(out, default=str, ensure_ascii=False) + "\n"
 
 
-def _message(event: dict[str, Any]) -> str:
-    # An access line comes formatted (see observe): no format string to run.
+def _access_line(event: dict[str, Any]) -> str | None:
+    """The text of an access event (it comes formatted, see observe), else None."""
     line = event.get("ets_access_line")
     if isinstance(line, str) and event.get("log_format") == "{ets_access_line}":
         return line
-    return formatEvent(event)
+    return None
+
+
+def _message(event: dict[str, Any]) -> str:
+    line = _access_line(event)
+    return formatEvent(event) if line is None else line
 
 
 def classic_text_formatter() -> Callable[[dict[str, Any]], str | None]:
@@ -86,20 +93,15 @@ def classic_text_formatter() -> Callable[[dict[str, Any]], str | None]:
     (C{"{time} [{namespace}#{level}] {message}\\n"}), with the timestamp
     (whole seconds, RFC 3339) formatted once per second.
     """
-    last: list[Any] = [None, "-"]
+    per_second = PerSecond(formatTime)
 
     def format_time(when: float | None) -> str:
-        if when is None:
-            return "-"
-        second = int(when)
-        if second != last[0]:
-            last[0], last[1] = second, formatTime(second)
-        return last[1]
+        return "-" if when is None else per_second(when)
 
     def format_event(event: dict[str, Any]) -> str | None:
-        line = event.get("ets_access_line")
-        if (isinstance(line, str) and event.get("log_format") == "{ets_access_line}"
-                and "log_system" not in event and "log_failure" not in event and "\n" not in line):
+        line = _access_line(event)
+        if (line is not None and "log_system" not in event and "log_failure" not in event
+                and "\n" not in line):
             level = event.get("log_level")
             return "%s [%s#%s] %s\n" % (
                 format_time(event.get("log_time")), event.get("log_namespace", "-"),

@@ -42,3 +42,22 @@ class Memo(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._values)
+
+
+class PerSecond(Generic[V]):
+    """
+    C{compute} of a time's whole second, remembered for the latest second:
+    timestamps of log lines and answers are formatted once a second rather
+    than once each.
+    """
+
+    def __init__(self, compute: Callable[[int], V]) -> None:
+        self._compute = compute
+        self._second: int | None = None
+        self._value: V | None = None
+
+    def __call__(self, now: float) -> V:
+        second = int(now)
+        if second != self._second:
+            self._second, self._value = second, self._compute(second)
+        return self._value  # type: ignore[return-value]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ets_twisted.memo import Memo
+from ets_twisted.memo import Memo, PerSecond
 
 
 class MemoTests(SynchronousTestCase):
@@ -43,3 +43,13 @@ class MemoTests(SynchronousTestCase):
         for _ in range(2):
             self.assertRaises(ValueError, memo, "bad")
         self.assertEqual(self.calls, ["bad", "bad"])
+
+
+class PerSecondTests(SynchronousTestCase):
+    def test_once_per_second(self):
+        """Computed once for each whole second, again when the second changes."""
+        calls = []
+        per_second = PerSecond(lambda second: calls.append(second) or f"t{second}")
+        self.assertEqual([per_second(t) for t in (10.0, 10.2, 10.99, 11.0, 11.5, 10.5)],
+                         ["t10", "t10", "t10", "t11", "t11", "t10"])
+        self.assertEqual(calls, [10, 11, 10])

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
 
+from ..memo import PerSecond
 from ..metrics import Metrics
 from ..observe import Observer
 from ..shutdown import Drain
@@ -75,15 +76,8 @@ class Root(Resource):
         return route.render(request)
 
 
-_last_date: list = [None, b""]
-
-
-def http_date(now: float) -> bytes:
-    """The C{Date} header's text for C{now} (formatted once per second)."""
-    second = int(now)
-    if second != _last_date[0]:
-        _last_date[0], _last_date[1] = second, datetimeToString(second)
-    return _last_date[1]
+#: The C{Date} header's text for a time (formatted once per second).
+http_date: PerSecond[bytes] = PerSecond(datetimeToString)
 
 
 class CappedRequest(Request):
